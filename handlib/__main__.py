@@ -1,0 +1,24 @@
+"""Command line: `python -m handlib doctor | run`."""
+
+import argparse
+
+from handlib import doctor, pipeline
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m handlib")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("doctor", help="versions, device, OpenGL, which model and datasets will be used")
+    run = sub.add_parser("run", help="execute the numbered notebooks into runs/<timestamp>/")
+    run.add_argument("--profile", default="demo", help="parameter profile under configs/ (quick, demo, full)")
+    run.add_argument("--only", nargs="*", help="notebook name prefixes to run, e.g. 00 04")
+    args = parser.parse_args()
+    if args.command == "doctor":
+        print(doctor.report())
+    elif args.command == "run":
+        print(doctor.report(), flush=True)
+        pipeline.run(args.profile, only=args.only)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+import nbformat
+import pytest
+
+from handlib import doctor, pipeline
+
+
+def _notebook(path, body: str) -> None:
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell('profile = "quick"\nrun_dir = "runs/quick"\nvalue = 1')
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, nbformat.v4.new_code_cell(body)]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    notebooks, configs = tmp_path / "notebooks", tmp_path / "configs"
+    notebooks.mkdir()
+    (configs / "demo").mkdir(parents=True)
+    monkeypatch.setattr(pipeline, "NOTEBOOKS", notebooks)
+    monkeypatch.setattr(pipeline, "CONFIGS", configs)
+    return notebooks, configs
+
+
+def test_profile_parameters_reads_yaml_and_defaults_to_none(project):
+    notebooks, configs = project
+    (configs / "demo" / "01_b.yaml").write_text("value: 7\nname: x\n")
+    assert pipeline.profile_parameters(notebooks / "01_b.ipynb", "demo") == {"value": 7, "name": "x"}
+    assert pipeline.profile_parameters(notebooks / "02_c.ipynb", "demo") == {}
+
+
+def test_unknown_profile_and_bad_yaml_are_named(project):
+    notebooks, configs = project
+    with pytest.raises(ValueError, match="unknown profile 'nope'.*demo"):
+        pipeline.profile_parameters(notebooks / "01_b.ipynb", "nope")
+    (configs / "demo" / "01_b.yaml").write_text("- a list\n")
+    with pytest.raises(ValueError, match="01_b.yaml: expected a mapping"):
+        pipeline.profile_parameters(notebooks / "01_b.ipynb", "demo")
+
+
+def test_run_executes_numbered_notebooks_in_order_with_profile(project, tmp_path, capsys):
+    notebooks, configs = project
+    log = tmp_path / "order.txt"
+    for name in ["01_second", "00_first"]:
+        _notebook(notebooks / f"{name}.ipynb",
+                  f"open({str(log)!r}, 'a').write('{name} ' + profile + ' ' + str(value) + '\\n')")
+    _notebook(notebooks / "helper.ipynb", "raise RuntimeError('not numbered: must not run')")
+    (configs / "demo" / "01_second.yaml").write_text("value: 5\n")
+    run_dir = pipeline.run("demo", run_dir=tmp_path / "run")
+    assert log.read_text().splitlines() == ["00_first demo 1", "01_second demo 5"]
+    assert sorted(p.name for p in run_dir.glob("*.ipynb")) == ["00_first.ipynb", "01_second.ipynb"]
+    out = capsys.readouterr().out
+    assert "[1/2] 00_first" in out and "[2/2] 01_second" in out and "summary" in out
+
+
+def test_run_stops_at_a_failing_notebook_and_names_it(project, tmp_path):
+    notebooks, _ = project
+    _notebook(notebooks / "00_bad.ipynb", "raise ValueError('broken input')")
+    with pytest.raises(SystemExit, match="00_bad.ipynb failed.*broken input"):
+        pipeline.run("demo", run_dir=tmp_path / "run")
+    assert (tmp_path / "run" / "00_bad.ipynb").exists()
+
+
+def test_doctor_reports_missing_optional_data(monkeypatch, tmp_path):
+    monkeypatch.setattr(doctor.paths, "MANO_DIR", tmp_path / "mano")
+    monkeypatch.setattr(doctor.paths, "HANDS11K_DIR", tmp_path / "11k")
+    text = doctor.report()
+    assert "built-in MANO-compatible hand" in text and "generated 11K-style dataset" in text
+    (tmp_path / "mano").mkdir()
+    (tmp_path / "mano" / "MANO_RIGHT.pkl").write_bytes(b"")
+    assert f"real MANO model: {tmp_path / 'mano' / 'MANO_RIGHT.pkl'}" in doctor.report()
+
+
+def test_doctor_names_the_system_packages_when_opengl_fails(monkeypatch):
+    import handlib.gl
+
+    def no_egl(**kwargs):
+        raise Exception("libEGL.so.1: cannot open shared object file")
+
+    monkeypatch.setattr(handlib.gl.moderngl, "create_context", no_egl)
+    handlib.gl.get_context.cache_clear()
+    try:
+        line = doctor.opengl_line()
+    finally:
+        handlib.gl.get_context.cache_clear()
+    assert line.startswith("NOT AVAILABLE") and "libEGL.so.1" in line
+    assert "apt-get install libegl1 libgl1-mesa-dri libegl-mesa0" in line
