@@ -14,7 +14,7 @@ $(STAMP): requirements.txt pyproject.toml scripts/setup.sh $(wildcard requiremen
 env: $(STAMP)
 
 run: $(STAMP)
-	$(PY) -m handlib run --profile $(PROFILE)
+	$(PY) -m handlib run --profile $(PROFILE) $(if $(FRESH),--fresh)
 
 test: $(STAMP)
 	$(PY) -m pytest tests notebooks --nbval-lax -p no:cacheprovider

@@ -12,12 +12,15 @@ def main() -> None:
     run = sub.add_parser("run", help="execute the numbered notebooks into runs/<timestamp>/")
     run.add_argument("--profile", default="demo", help="parameter profile under configs/ (quick, demo, full)")
     run.add_argument("--only", nargs="*", help="notebook name prefixes to run, e.g. 00 04")
+    run.add_argument("--fresh", action="store_true",
+                     help="start a new run folder instead of continuing the newest one of this profile")
     args = parser.parse_args()
     if args.command == "doctor":
         print(doctor.report())
     elif args.command == "run":
         print(doctor.report(), flush=True)
-        pipeline.run(args.profile, only=args.only)
+        run_dir = None if args.fresh else pipeline.latest_run_dir(args.profile)
+        pipeline.run(args.profile, run_dir=run_dir, only=args.only)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,12 @@
-"""The main job: every numbered notebook executed headless with papermill, in order, under one run folder."""
+"""The main job: every numbered notebook executed headless with papermill, in order, under one run folder.
 
+A run folder remembers which notebooks completed, with which parameters and which code revision
+(`stages.json`); running into it again skips those and goes on from the first one that is not done.
+Notebooks report their key figures with `record_figures`, which the final summary prints.
+"""
+
+import json
+import subprocess
 import time
 from datetime import datetime
 from pathlib import Path
@@ -8,9 +15,11 @@ import papermill
 import yaml
 
 from handlib import paths
+from handlib.io import atomic_write_text
 
 NOTEBOOKS = paths.REPO / "notebooks"
 CONFIGS = paths.REPO / "configs"
+REPORT_NOTEBOOK = "05_evaluate"
 
 
 def notebooks() -> list[Path]:
@@ -32,8 +41,37 @@ def profile_parameters(notebook: Path, profile: str) -> dict:
     return params
 
 
+def code_revision() -> str:
+    """The git revision of the code, marked dirty when the work tree has changes; 'unknown' outside git."""
+    result = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=12"], cwd=paths.REPO,
+                            capture_output=True, text=True)
+    return result.stdout.strip() if result.returncode == 0 else "unknown"
+
+
+def latest_run_dir(profile: str) -> Path | None:
+    runs = sorted(paths.RUNS.glob(f"*-{profile}"))
+    return runs[-1] if runs else None
+
+
 def new_run_dir(profile: str) -> Path:
     return paths.RUNS / f"{datetime.now():%Y%m%d-%H%M%S}-{profile}"
+
+
+def _read_json(path: Path) -> dict:
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); delete it to run every stage again") from err
+
+
+def record_figures(run_dir: str | Path, stage: str, figures: dict) -> None:
+    """Remember a notebook's key figures (name -> number or short text) for the run's summary."""
+    path = paths.resolve(run_dir) / "figures.json"
+    table = _read_json(path)
+    table[stage] = {**table.get(stage, {}), **figures}
+    atomic_write_text(path, json.dumps(table, indent=1))
 
 
 def run(profile: str = "demo", run_dir: Path | None = None, only: list[str] | None = None) -> Path:
@@ -41,12 +79,21 @@ def run(profile: str = "demo", run_dir: Path | None = None, only: list[str] | No
     run_dir = run_dir or new_run_dir(profile)
     run_dir.mkdir(parents=True, exist_ok=True)
     selected = [nb for nb in notebooks() if not only or any(nb.stem.startswith(o) for o in only)]
-    print(f"run folder: {run_dir}  ({len(selected)} notebooks, profile {profile!r})", flush=True)
-    summary = []
+    revision = code_revision()
+    stages_path = run_dir / "stages.json"
+    stages = _read_json(stages_path)
+    print(f"run folder: {run_dir}  ({len(selected)} notebooks, profile {profile!r}, code {revision})", flush=True)
+    rerun = False  # once a stage runs, every later stage runs too: it may read what the earlier one wrote
     for i, nb in enumerate(selected, 1):
         params = {**profile_parameters(nb, profile), "profile": profile, "run_dir": str(run_dir)}
         out = run_dir / nb.name
+        done = stages.get(nb.stem, {})
         print(f"[{i}/{len(selected)}] {nb.stem} ...", end=" ", flush=True)
+        if (not rerun and out.exists() and revision != "unknown" and not revision.endswith("-dirty")
+                and done.get("params") == params and done.get("revision") == revision):
+            print("already done, skipped", flush=True)
+            continue
+        rerun = True
         start = time.perf_counter()
         try:
             papermill.execute_notebook(nb, out, parameters=params, cwd=str(paths.REPO), progress_bar=False)
@@ -55,16 +102,36 @@ def run(profile: str = "demo", run_dir: Path | None = None, only: list[str] | No
             raise SystemExit(f"{nb.name} failed in cell {err.exec_count}: {err.ename}: {err.evalue}\n"
                              f"the executed notebook up to the failure is {out}") from err
         seconds = time.perf_counter() - start
+        stages[nb.stem] = {"params": params, "revision": revision, "seconds": round(seconds, 1)}
+        atomic_write_text(stages_path, json.dumps(stages, indent=1))
         print(f"done in {seconds:.0f} s -> {out}", flush=True)
-        summary.append((nb.stem, seconds))
-    print(summary_table(run_dir, summary))
+    if any(nb.stem == REPORT_NOTEBOOK for nb in selected):
+        print(f"report: {write_report(run_dir / f'{REPORT_NOTEBOOK}.ipynb')}")
+    print(summary_table(run_dir, [nb.stem for nb in selected], stages))
     return run_dir
 
 
-def summary_table(run_dir: Path, summary: list[tuple[str, float]]) -> str:
+def write_report(executed: Path) -> Path:
+    """The executed evaluation notebook as `report.html` beside it, code cells hidden."""
+    import nbconvert
+
+    exporter = nbconvert.HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
+    html, _ = exporter.from_filename(str(executed))
+    out = executed.parent / "report.html"
+    atomic_write_text(out, html)
+    return out
+
+
+def summary_table(run_dir: Path, stems: list[str], stages: dict) -> str:
+    figures = _read_json(run_dir / "figures.json")
+    rows = []
+    for stem in stems:
+        seconds = stages.get(stem, {}).get("seconds", float("nan"))
+        key = ", ".join(f"{k}: {v:.3g}" if isinstance(v, float) else f"{k}: {v}"
+                        for k, v in figures.get(stem, {}).items())
+        rows.append(f"  {stem:<18} {seconds:7.0f} s   {key}")
+    total = sum(stages.get(s, {}).get("seconds", 0.0) for s in stems)
     files = [p for p in run_dir.rglob("*") if p.is_file()]
     size_mb = sum(p.stat().st_size for p in files) / 1e6
-    rows = [f"  {name:<20} {seconds:8.0f} s" for name, seconds in summary]
-    total = sum(s for _, s in summary)
-    return "\n".join(["", "summary", *rows, f"  {'total':<20} {total:8.0f} s",
+    return "\n".join(["", "summary (stage, time, key figures)", *rows, f"  {'total':<18} {total:7.0f} s",
                       f"  {len(files)} files ({size_mb:.1f} MB) in {run_dir}"])

@@ -86,3 +86,32 @@ def test_doctor_names_the_system_packages_when_opengl_fails(monkeypatch):
         handlib.gl.get_context.cache_clear()
     assert line.startswith("NOT AVAILABLE") and "libEGL.so.1" in line
     assert "apt-get install libegl1 libgl1-mesa-dri libegl-mesa0" in line
+
+
+def test_rerun_skips_done_stages_until_one_changes(project, tmp_path, monkeypatch, capsys):
+    notebooks, configs = project
+    monkeypatch.setattr(pipeline, "code_revision", lambda: "abc123")
+    log = tmp_path / "order.txt"
+    for name in ["00_first", "01_second", "02_third"]:
+        _notebook(notebooks / f"{name}.ipynb", f"open({str(log)!r}, 'a').write('{name}\\n')")
+    run_dir = tmp_path / "run"
+    pipeline.run("demo", run_dir=run_dir)
+    pipeline.run("demo", run_dir=run_dir)
+    assert log.read_text().split() == ["00_first", "01_second", "02_third"]
+    assert capsys.readouterr().out.count("already done, skipped") == 3
+    (configs / "demo" / "01_second.yaml").write_text("value: 2\n")
+    pipeline.run("demo", run_dir=run_dir)
+    assert log.read_text().split()[3:] == ["01_second", "02_third"]
+    monkeypatch.setattr(pipeline, "code_revision", lambda: "def456")
+    pipeline.run("demo", run_dir=run_dir)
+    assert log.read_text().split()[5:] == ["00_first", "01_second", "02_third"]
+
+
+def test_recorded_figures_appear_in_the_summary(project, tmp_path, capsys):
+    notebooks, _ = project
+    _notebook(notebooks / "00_fig.ipynb",
+              "from handlib.pipeline import record_figures\n"
+              "record_figures(run_dir, '00_fig', {'PA-MPJPE (mm)': 7.25, 'model': 'builtin'})")
+    pipeline.run("demo", run_dir=tmp_path / "run")
+    line = next(l for l in capsys.readouterr().out.splitlines() if l.strip().startswith("00_fig"))
+    assert "PA-MPJPE (mm): 7.25" in line and "model: builtin" in line
