@@ -141,3 +141,12 @@ def beta_magnitudes(betas) -> dict[str, float]:
     mag = np.abs(to_numpy(betas)).ravel()
     return {"mean": float(mag.mean()), "median": float(np.median(mag)), "p95": float(np.percentile(mag, 95)),
             "max": float(mag.max()), "share_over_3": float((mag > 3).mean())}
+
+
+def implausible_share(hand_pose, model, tolerance_deg: float = 1.0) -> float:
+    """Share of joint angles (twist, spread, bend of the 15 joints of every sample) outside the anatomical
+    limits (handlib.anatomy) by more than `tolerance_deg`, for hand_pose (B, 45) of a HandModel."""
+    from handlib.anatomy import angle_violations
+
+    pose = torch.as_tensor(hand_pose).to(model.v_template.dtype)
+    return float((angle_violations(pose, model) > tolerance_deg).double().mean())

@@ -100,3 +100,19 @@ def test_beta_error_and_magnitudes():
     assert mags["mean"] == pytest.approx(7 / 4)
     assert mags["max"] == 4.0
     assert mags["share_over_3"] == pytest.approx(0.25)
+
+
+def test_implausible_share_counts_angles_outside_the_limits():
+    from handlib.anatomy import pose_from_angles
+    from handlib.model import HandModel
+    from toy_hand import toy_params
+
+    model = HandModel(toy_params()).double()
+    angles = torch.zeros(2, 15, 3, dtype=torch.float64)
+    angles[:, :, 2] = np.deg2rad(30)       # every joint bent 30°: inside all limits
+    angles[0, 1, 2] = np.deg2rad(100)      # index PIP bent 100° (limit 90)
+    angles[1, 0, 1] = np.deg2rad(-8)       # index MCP spread -8° (limit ±5)
+    angles[1, 4, 0] = np.deg2rad(0.5)      # middle PIP twisted 0.5°: within the 1° tolerance
+    pose = pose_from_angles(angles, model)
+    assert metrics.implausible_share(pose, model) == pytest.approx(2 / (2 * 45))
+    assert metrics.implausible_share(pose, model, tolerance_deg=0.1) == pytest.approx(3 / (2 * 45))
