@@ -1,0 +1,96 @@
+import json
+import time
+
+import numpy as np
+import pytest
+
+from handlib import shards
+
+
+def _arrays(seed: int, n: int = 5) -> dict:
+    rng = np.random.default_rng(seed)
+    images = (rng.random((n, 8, 8, 3)) * 255).astype(np.uint8)
+    return {"image": [shards.encode_image(im, "png") for im in images], "x": rng.normal(size=(n, 3)),
+            "label": np.arange(n, dtype=np.int64) + 100 * seed}
+
+
+def _dataset(root, shard_count: int = 3):
+    writer = shards.ShardWriter(root, {"encoded": ["image"], "note": "test"})
+    for k in range(shard_count):
+        writer.write(f"train-{k:05d}.npz", _arrays(k), split="train", first=5 * k, count=5)
+    writer.write("val-00000.npz", _arrays(9), split="val", first=0, count=5)
+    return writer
+
+
+def test_shard_bytes_are_a_function_of_the_arrays_and_round_trip():
+    arrays = _arrays(0)
+    first = shards.shard_bytes(arrays)
+    time.sleep(1.1)  # zip members carry a timestamp unless fixed: a second later must not change a byte
+    assert shards.shard_bytes(_arrays(0)) == first
+    back = shards.parse_shard(first)
+    np.testing.assert_array_equal(back["x"], arrays["x"])
+    assert [bytes(b) for b in back["image"]] == arrays["image"]
+    rng = np.random.default_rng(0)
+    expected = (rng.random((5, 8, 8, 3)) * 255).astype(np.uint8)
+    np.testing.assert_array_equal(shards.decode_image(back["image"][3]), expected[3])
+
+
+def test_dataset_reads_samples_of_a_split_in_order(tmp_path):
+    _dataset(tmp_path)
+    data = shards.ShardDataset(tmp_path, "train")
+    assert len(data) == 15 and data.skipped == []
+    assert [int(data[i]["label"]) for i in (0, 4, 5, 14)] == [0, 4, 100, 204]
+    assert data[7]["image"].shape == (8, 8, 3) and data[7]["image"].dtype == np.uint8
+    assert len(shards.ShardDataset(tmp_path, "val")) == 5
+    with pytest.raises(IndexError):
+        data[15]
+
+
+def test_corrupt_shard_is_named_and_skipped_not_fatal(tmp_path):
+    _dataset(tmp_path)
+    bad = tmp_path / "train-00001.npz"
+    raw = bytearray(bad.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    bad.write_bytes(bytes(raw))
+    with pytest.warns(UserWarning, match="train-00001.npz"):
+        data = shards.ShardDataset(tmp_path, "train")
+    assert data.skipped == ["train-00001.npz"]
+    assert sorted(int(data[i]["label"]) for i in range(len(data))) == [0, 1, 2, 3, 4, 200, 201, 202, 203, 204]
+    manifest = shards.read_manifest(tmp_path)
+    with pytest.raises(shards.CorruptShardError, match="train-00001.npz"):
+        shards.read_shard(tmp_path, "train-00001.npz", manifest["shards"]["train-00001.npz"])
+
+
+def test_missing_shard_is_named_and_skipped(tmp_path):
+    _dataset(tmp_path)
+    (tmp_path / "train-00000.npz").unlink()
+    with pytest.warns(UserWarning, match="train-00000.npz.*missing"):
+        data = shards.ShardDataset(tmp_path, "train")
+    assert len(data) == 10
+
+
+def test_writer_resumes_and_rewrites_corrupt_shards(tmp_path):
+    _dataset(tmp_path, shard_count=2)
+    (tmp_path / ".train-00002.npz.abc.tmp.npz").write_bytes(b"half")  # left by an interrupted atomic write
+    writer = shards.ShardWriter(tmp_path, {"encoded": ["image"], "note": "test"})
+    assert not list(tmp_path.glob(".*.tmp*"))
+    assert writer.is_done("train-00000.npz") and not writer.is_done("train-00002.npz")
+    (tmp_path / "train-00001.npz").write_bytes(b"garbage")
+    with pytest.warns(UserWarning, match="train-00001.npz"):
+        assert not writer.is_done("train-00001.npz")
+    assert "train-00001.npz" not in json.loads((tmp_path / shards.MANIFEST).read_text())["shards"]
+    with pytest.raises(ValueError, match="other settings"):
+        shards.ShardWriter(tmp_path, {"encoded": ["image"], "note": "changed"})
+
+
+def test_shard_order_sampler_visits_every_sample_once_shard_by_shard(tmp_path):
+    _dataset(tmp_path, shard_count=4)
+    data = shards.ShardDataset(tmp_path, "train")
+    sampler = shards.ShardOrderSampler(data, shuffle=True, seed=3)
+    order = list(sampler)
+    assert sorted(order) == list(range(20)) and order != list(range(20))
+    shard_of = [data.locate(i)[0] for i in order]
+    assert sum(a != b for a, b in zip(shard_of, shard_of[1:])) == 3  # each shard one contiguous run
+    assert list(sampler) == order
+    sampler.set_epoch(1)
+    assert list(sampler) != order
