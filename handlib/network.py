@@ -1,0 +1,204 @@
+"""HMR for hands: an image encoder and an iterative error feedback (IEF) regressor of MANO parameters.
+
+image (B, 3, H, W) in [-1, 1] -> encoder feature -> T times: Θ += MLP([feature, Θ, side]) from the mean Θ
+-> the hand model -> 21 keypoints in 3D and, by weak perspective, in 2D ([-1, 1] over the crop).
+
+Θ = global rotation (3 axis-angle, or 6 in the continuous 6D form) + hand pose 45 + shape β 10 + camera 3.
+The camera is stored as (s / s0, tx, ty), s0 being the scale at which the mean hand fills the crop, so that all
+of Θ is of order one for the regressor. The side (0 right, 1 left) is an input: from one image a left hand's back
+looks like a right hand's palm, and the user knows which hand the photo shows.
+"""
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+import torchvision
+from torch import nn
+
+from handlib.camera import weak_perspective
+from handlib.model import batch_rodrigues
+from handlib.rotations import rot6d_to_matrix
+
+SIDES = ("right", "left")
+MODES = ("pretrained", "freeze", "random")
+ROTATIONS = {"axis_angle": 3, "6d": 6}
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    builder: str       # torchvision.models function
+    head: str          # attribute replaced by Identity to expose the pooled feature
+    features: int      # feature size
+    image_size: int    # the size it was trained at on ImageNet
+
+
+ENCODERS = {
+    "resnet18": EncoderSpec("resnet18", "fc", 512, 224),
+    "resnet50": EncoderSpec("resnet50", "fc", 2048, 224),
+    "densenet121": EncoderSpec("densenet121", "classifier", 1024, 224),
+    "inception_v3": EncoderSpec("inception_v3", "fc", 2048, 299),
+    "mobilenet_v3_small": EncoderSpec("mobilenet_v3_small", "classifier", 576, 224),
+    "mobilenet_v3_large": EncoderSpec("mobilenet_v3_large", "classifier", 960, 224),
+}
+ENCODERS["mobilenet_v3"] = ENCODERS["mobilenet_v3_small"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class HandPrediction(NamedTuple):
+    """One IEF iteration's output for a batch of B crops."""
+    theta: torch.Tensor          # (B, D) the regressor's state (D = 61, or 64 with 6D rotations)
+    global_rotmat: torch.Tensor  # (B, 3, 3) rotation of the hand about its wrist, camera frame
+    hand_pose: torch.Tensor      # (B, 45) axis-angle, MANO order, relative to the model's mean pose
+    betas: torch.Tensor          # (B, 10)
+    cam: torch.Tensor            # (B, 3) weak perspective (s, tx, ty) onto the crop's [-1, 1]
+    vertices: torch.Tensor       # (B, V, 3) metres, rotated, model origin (not translated)
+    keypoints3d: torch.Tensor    # (B, 21, 3) metres, OpenPose order, same frame as vertices
+    keypoints2d: torch.Tensor    # (B, 21, 2) in [-1, 1] over the crop
+
+
+def weights_path(encoder: str) -> Path:
+    """Where torchvision keeps the ImageNet weights of `encoder` in the torch hub cache."""
+    weights = torchvision.models.get_model_weights(ENCODERS[encoder].builder).DEFAULT
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
+
+
+def build_encoder(name: str, mode: str = "random", weights_file: str | os.PathLike | None = None) -> nn.Module:
+    """A torchvision backbone whose forward gives the pooled feature (B, ENCODERS[name].features).
+
+    `pretrained` and `freeze` load ImageNet weights from `weights_file`, else from the torch hub cache; nothing
+    is downloaded (offline machines): a missing file is an error that names the file and where to get it.
+    """
+    if name not in ENCODERS:
+        raise ValueError(f"unknown encoder {name!r}; choose one of {sorted(ENCODERS)}")
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; choose one of {MODES}")
+    spec = ENCODERS[name]
+    builder = getattr(torchvision.models, spec.builder)
+    # Inception's pretrained weights were trained on inputs scaled to [-1, 1]: transform_input converts back.
+    kw = {"aux_logits": False, "init_weights": False, "transform_input": mode != "random"} \
+        if spec.builder == "inception_v3" else {}
+    net = builder(weights=None, **kw)
+    if mode != "random":
+        net.load_state_dict(_imagenet_state_dict(name, weights_file), strict=False)
+    setattr(net, spec.head, nn.Identity())
+    return net
+
+
+def _imagenet_state_dict(name: str, weights_file) -> dict:
+    weights = torchvision.models.get_model_weights(ENCODERS[name].builder).DEFAULT
+    path = Path(weights_file) if weights_file else weights_path(name)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"ImageNet weights for {name} not found at {path}. Download {weights.url} on a machine with internet "
+            f"and put it at {weights_path(name)} (the torch hub cache), or pass weights_file=; "
+            f"or use mode='random'.")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if ENCODERS[name].builder == "densenet121":  # old checkpoints name 'norm.1' what the model calls 'norm1'
+        pattern = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|"
+                             r"running_var))$")
+        state = {(m.group(1) + m.group(2) if (m := pattern.match(k)) else k): v for k, v in state.items()}
+    return {k: v for k, v in state.items() if not k.startswith("AuxLogits.")}
+
+
+class HandNet(nn.Module):
+    """Encoder + IEF regressor + hand models (right and left); forward returns all T iterations' predictions."""
+
+    def __init__(self, encoder: str = "resnet18", mode: str = "random", iterations: int = 3,
+                 rotation: str = "axis_angle", dropout: float = 0.5, hidden: int = 1024,
+                 weights_file: str | os.PathLike | None = None, hand_models: dict | None = None):
+        super().__init__()
+        if rotation not in ROTATIONS:
+            raise ValueError(f"unknown rotation {rotation!r}; choose one of {sorted(ROTATIONS)}")
+        self.encoder_name, self.mode, self.iterations, self.rotation = encoder, mode, iterations, rotation
+        self.encoder = build_encoder(encoder, mode, weights_file)
+        if mode == "freeze":
+            self.encoder.requires_grad_(False)
+        self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+        if hand_models is None:
+            from handlib.model import HandModel
+            hand_models = {side: HandModel.default(side) for side in SIDES}
+        self.hand_models = nn.ModuleDict(hand_models)
+        self.rot_dim = ROTATIONS[rotation]
+        self.theta_dim = self.rot_dim + 45 + 10 + 3
+        features = ENCODERS[encoder].features
+        self.regressor = nn.Sequential(
+            nn.Linear(features + self.theta_dim + 1, hidden), nn.ReLU(), nn.Dropout(dropout),
+            nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(dropout),
+            nn.Linear(hidden, self.theta_dim))
+        # HMR's trick: tiny initial updates, so every iteration starts near the mean parameters.
+        nn.init.xavier_uniform_(self.regressor[-1].weight, gain=0.01)
+        nn.init.zeros_(self.regressor[-1].bias)
+        s0, t0 = self._mean_camera()
+        self.register_buffer("s0", torch.tensor(s0))
+        rot0 = [0.0] * 3 if rotation == "axis_angle" else [1.0, 0, 0, 0, 1, 0]
+        self.register_buffer("mean_theta", torch.tensor(rot0 + [0.0] * 55 + [1.0, *t0]))
+
+    @torch.no_grad()
+    def _mean_camera(self) -> tuple[float, list[float]]:
+        """The weak perspective that puts the mean hand's keypoints in the middle 80% of the crop."""
+        model = self.hand_models["right"]
+        p = model().keypoints[0]  # (21, 3)
+        p = p - model().joints[0, :1]
+        lo, hi = p[:, :2].min(0).values, p[:, :2].max(0).values
+        s0 = 1.6 / float((hi - lo).max())
+        return s0, (-s0 * (lo + hi) / 2).tolist()
+
+    def train(self, mode: bool = True) -> "HandNet":
+        super().train(mode)
+        if self.mode == "freeze":  # frozen BatchNorm statistics too
+            self.encoder.eval()
+        return self
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """images (B, 3, H, W) in [-1, 1] -> (B, F)."""
+        x = ((images + 1) / 2 - self.pixel_mean) / self.pixel_std
+        return self.encoder(x)
+
+    def forward(self, images: torch.Tensor, side: torch.Tensor | None = None) -> list[HandPrediction]:
+        """images (B, 3, H, W) in [-1, 1], side (B,) 0 right / 1 left (default right) -> T predictions."""
+        feat = self.features(images)
+        side = torch.zeros(len(images), device=images.device) if side is None else side.to(feat.dtype)
+        theta = self.mean_theta.expand(len(images), -1)
+        out = []
+        for _ in range(self.iterations):
+            theta = theta + self.regressor(torch.cat([feat, theta, side[:, None]], dim=1))
+            out.append(self.decode(theta, side))
+        return out
+
+    def decode(self, theta: torch.Tensor, side: torch.Tensor) -> HandPrediction:
+        """Θ (B, D) -> the posed hand and its projection, each sample through its side's hand model."""
+        r = self.rot_dim
+        rot, hand_pose, betas, c = theta[:, :r], theta[:, r:r + 45], theta[:, r + 45:r + 55], theta[:, r + 55:]
+        R = batch_rodrigues(rot) if self.rotation == "axis_angle" else rot6d_to_matrix(rot)
+        cam = torch.cat([c[:, :1] * self.s0, c[:, 1:]], dim=1)
+        verts, kp3d = self.pose(hand_pose, betas, R, side)
+        return HandPrediction(theta, R, hand_pose, betas, cam, verts, kp3d, weak_perspective(kp3d, cam))
+
+    def pose(self, hand_pose: torch.Tensor, betas: torch.Tensor, R: torch.Tensor,
+             side: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Vertices (B, V, 3) and keypoints (B, 21, 3): MANO posed, then rotated by R about its wrist (as MANO's
+        global rotation does), each sample by the model of its side."""
+        verts = kps = None
+        for k, name in enumerate(SIDES):
+            idx = (side == k).nonzero()[:, 0]
+            if len(idx) == 0:
+                continue
+            o = self.hand_models[name](betas=betas[idx], hand_pose=hand_pose[idx])
+            wrist = o.joints[:, :1]  # (b, 1, 3)
+            v = (o.vertices - wrist) @ R[idx].transpose(1, 2) + wrist
+            p = (o.keypoints - wrist) @ R[idx].transpose(1, 2) + wrist
+            if len(idx) == len(side):
+                return v, p
+            if verts is None:
+                verts = v.new_zeros(len(side), *v.shape[1:])
+                kps = p.new_zeros(len(side), *p.shape[1:])
+            verts, kps = verts.index_copy(0, idx, v), kps.index_copy(0, idx, p)
+        return verts, kps

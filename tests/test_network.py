@@ -1,0 +1,95 @@
+import numpy as np
+import pytest
+import torch
+from scipy.spatial.transform import Rotation
+from toy_hand import toy_params
+
+from handlib.camera import weak_perspective
+from handlib.model import HandModel
+from handlib.network import ENCODERS, HandNet, build_encoder
+from handlib.rotations import matrix_to_axis_angle, matrix_to_rot6d, rot6d_to_matrix
+
+
+@pytest.fixture(scope="module")
+def hands():
+    return {side: HandModel(toy_params(side=side), side=side) for side in ("right", "left")}
+
+
+def test_6d_to_matrix_matches_qr_gram_schmidt():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(50, 6))
+    R = rot6d_to_matrix(torch.tensor(x)).numpy()
+    for xi, Ri in zip(x, R):
+        q, r = np.linalg.qr(np.stack([xi[:3], xi[3:]], 1))  # Householder QR, independent of Gram-Schmidt
+        q = q * np.sign(np.diag(r))
+        np.testing.assert_allclose(Ri[:, :2], q, atol=1e-10)
+        np.testing.assert_allclose(Ri[:, 2], np.cross(q[:, 0], q[:, 1]), atol=1e-10)
+    np.testing.assert_allclose(np.linalg.det(R), 1, atol=1e-10)
+    rots = Rotation.random(50, random_state=1).as_matrix()
+    back = rot6d_to_matrix(matrix_to_rot6d(torch.tensor(rots)))
+    np.testing.assert_allclose(back.numpy(), rots, atol=1e-12)
+
+
+def test_matrix_to_axis_angle_matches_scipy():
+    rots = Rotation.random(200, random_state=2)
+    near_pi = Rotation.from_rotvec(np.array([[np.pi - 1e-7, 0, 0], [0, 0, 1e-9], [0.0, 0, 0]]))
+    for r in (rots, near_pi):
+        aa = matrix_to_axis_angle(torch.tensor(r.as_matrix())).numpy()
+        np.testing.assert_allclose(Rotation.from_rotvec(aa).as_matrix(), r.as_matrix(), atol=1e-9)
+    np.testing.assert_allclose(matrix_to_axis_angle(torch.tensor(rots.as_matrix())).numpy(), rots.as_rotvec(),
+                               atol=1e-9)
+
+
+@pytest.mark.parametrize("rotation", ["axis_angle", "6d"])
+def test_all_iterations_have_the_right_shapes_and_match_the_hand_model(hands, rotation):
+    torch.manual_seed(0)
+    net = HandNet("resnet18", iterations=3, rotation=rotation, hand_models=hands).eval()
+    side = torch.tensor([0, 1, 1, 0])
+    with torch.no_grad():
+        out = net(torch.rand(4, 3, 64, 64) * 2 - 1, side)
+    D = 61 if rotation == "axis_angle" else 64
+    V = hands["right"].num_verts
+    assert len(out) == 3
+    for p in out:
+        assert p.theta.shape == (4, D) and p.global_rotmat.shape == (4, 3, 3) and p.hand_pose.shape == (4, 45)
+        assert p.betas.shape == (4, 10) and p.cam.shape == (4, 3) and p.vertices.shape == (4, V, 3)
+        assert p.keypoints3d.shape == (4, 21, 3) and p.keypoints2d.shape == (4, 21, 2)
+    assert not torch.equal(out[0].theta, out[2].theta)  # each iteration refines
+    # decode == the hand model with MANO's own global rotation, each sample through its side's model
+    p = out[-1]
+    aa = matrix_to_axis_angle(p.global_rotmat)
+    for i, s in enumerate(side.tolist()):
+        ref = hands[["right", "left"][s]](betas=p.betas[i:i + 1], hand_pose=p.hand_pose[i:i + 1],
+                                          global_orient=aa[i:i + 1])
+        torch.testing.assert_close(p.keypoints3d[i], ref.keypoints[0], atol=1e-5, rtol=0)
+        torch.testing.assert_close(p.vertices[i], ref.vertices[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(p.keypoints2d, weak_perspective(p.keypoints3d, p.cam))
+    # the mean hand fills the crop's middle, as the regressor's starting point
+    start = net.decode(net.mean_theta[None], torch.zeros(1))
+    assert 1.4 < float((start.keypoints2d.amax(1) - start.keypoints2d.amin(1)).max()) < 1.8
+
+
+@pytest.mark.parametrize("name", sorted(ENCODERS))
+def test_encoders_give_their_feature_size(name):
+    enc = build_encoder(name, "random").eval()
+    size = 80 if name == "inception_v3" else 48
+    with torch.no_grad():
+        assert enc(torch.zeros(1, 3, size, size)).shape == (1, ENCODERS[name].features)
+
+
+def test_pretrained_weights_missing_file_is_named_and_given_file_loads(tmp_path, monkeypatch, hands):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    with pytest.raises(FileNotFoundError, match=r"resnet18-f37072fd\.pth.*download\.pytorch\.org"):
+        build_encoder("resnet18", "pretrained")
+    reference = build_encoder("resnet18", "random")
+    torch.save({**reference.state_dict(), "fc.weight": torch.zeros(1000, 512), "fc.bias": torch.zeros(1000)},
+               tmp_path / "r18.pth")
+    net = HandNet("resnet18", "freeze", weights_file=tmp_path / "r18.pth", hand_models=hands)
+    for key, value in reference.state_dict().items():
+        assert torch.equal(net.encoder.state_dict()[key], value), key
+    net.train()
+    assert not net.encoder.training and net.regressor.training
+    assert not any(p.requires_grad for p in net.encoder.parameters())
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    torch.save(reference.state_dict(), tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth")
+    assert torch.equal(build_encoder("resnet18", "pretrained").conv1.weight, reference.conv1.weight)
