@@ -1,16 +1,19 @@
 """Sharded sample storage: npz shards written atomically, a manifest with checksums, and a torch Dataset.
 
-A dataset folder holds `manifest.json` and shards `<split>-<number>.npz`. Each shard stacks the arrays of its
-samples along axis 0; images are stored encoded (JPEG or PNG bytes, concatenated, with offsets). Shard bytes are
-a pure function of their arrays (fixed zip timestamps, sorted members), so the same samples give the same files.
-The manifest lists every finished shard with its SHA-256: a shard that is missing, truncated or altered is found
-by name. Writing a shard and then the manifest, each atomically, makes an interrupted run resumable.
+A dataset folder holds `manifest.json` and shards `<split>-<number>.npz`. In a shard, small per-sample fields
+are stacked along axis 0 (`theta.npy`, read once per shard), large ones are one zip member per sample
+(`image/00012.npy`), so a random sample is read without decompressing its neighbours. Encoded fields (JPEG or
+PNG bytes) are stored, the rest deflated. Shard bytes are a pure function of their arrays (fixed zip timestamps,
+sorted members), so the same samples give the same files. The manifest lists every finished shard with its
+SHA-256: a shard that is missing, truncated or altered is found by name. Writing a shard and then the manifest,
+each atomically, makes an interrupted run resumable.
 """
 
 import bisect
 import hashlib
 import io
 import json
+import os
 import warnings
 import zipfile
 from collections import OrderedDict
@@ -26,7 +29,6 @@ from handlib.io import atomic_path, atomic_write_text
 MANIFEST = "manifest.json"
 FORMAT = "handlib-shards-1"
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
-_BYTES, _OFFSETS = "{}.bytes", "{}.offsets"
 
 
 class CorruptShardError(RuntimeError):
@@ -50,40 +52,42 @@ def decode_image(data: bytes | np.ndarray) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(bytes(data))))
 
 
-def shard_bytes(arrays: Mapping[str, np.ndarray | list[bytes]]) -> bytes:
-    """A deterministic npz file holding `arrays`; a list of bytes is stored as `key.bytes` + `key.offsets`."""
+def shard_bytes(arrays: Mapping[str, np.ndarray | list]) -> bytes:
+    """A deterministic npz file of `arrays`: an ndarray (N, ...) is stacked in one member; a list (one array or
+    bytes object per sample) becomes one member per sample, `key/00012`; bytes are stored uncompressed."""
     members = {}
     for key, value in arrays.items():
         if isinstance(value, list):
-            members[_BYTES.format(key)] = np.frombuffer(b"".join(value), dtype=np.uint8)
-            members[_OFFSETS.format(key)] = np.cumsum([0] + [len(v) for v in value], dtype=np.int64)
+            for row, item in enumerate(value):
+                raw = isinstance(item, bytes)
+                members[f"{key}/{row:05d}"] = (np.frombuffer(item, np.uint8) if raw else np.asarray(item), raw)
         else:
-            members[key] = np.ascontiguousarray(value)
+            members[key] = (np.asarray(value), False)
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
-        for key in sorted(members):
+        for name in sorted(members):
+            array, raw = members[name]
             npy = io.BytesIO()
-            np.lib.format.write_array(npy, members[key], allow_pickle=False)
-            info = zipfile.ZipInfo(f"{key}.npy", date_time=_ZIP_TIME)
-            zf.writestr(info, npy.getvalue(), compress_type=zipfile.ZIP_DEFLATED, compresslevel=1)
+            np.lib.format.write_array(npy, np.ascontiguousarray(array), allow_pickle=False)
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_TIME)
+            zf.writestr(info, npy.getvalue(), compress_type=zipfile.ZIP_STORED if raw else zipfile.ZIP_DEFLATED,
+                        compresslevel=None if raw else 1)
     return buf.getvalue()
 
 
 def parse_shard(data: bytes, name: str = "<bytes>") -> dict[str, np.ndarray | list[np.ndarray]]:
-    """Inverse of `shard_bytes`: arrays by key; encoded fields come back as lists of uint8 buffers."""
+    """Inverse of `shard_bytes`: stacked fields as arrays, per-sample fields as lists (bytes as uint8 arrays)."""
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
             raw = {key: npz[key] for key in npz.files}
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as err:
         raise CorruptShardError(f"shard {name} cannot be read: {err}") from err
     out = {}
-    for key, value in raw.items():
-        if key.endswith(".bytes"):
-            base = key[: -len(".bytes")]
-            offsets = raw[_OFFSETS.format(base)]
-            out[base] = [value[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
-        elif not key.endswith(".offsets"):
-            out[key] = value
+    for key in sorted(raw):
+        if "/" in key:
+            out.setdefault(key.split("/")[0], []).append(raw[key])
+        else:
+            out[key] = raw[key]
     return out
 
 
@@ -109,21 +113,28 @@ def read_manifest(root: str | Path) -> dict:
 def read_shard(root: str | Path, name: str, entry: Mapping) -> dict:
     """Read shard `name` of `root`, checking its size and checksum against its manifest `entry`."""
     path = Path(root) / name
-    return parse_shard(_verified_bytes(path, entry), str(path))
+    return parse_shard(_verify(path, entry), str(path))
 
 
-def check_shard(root: str | Path, name: str, entry: Mapping) -> str | None:
-    """None when shard `name` matches its manifest entry, else the problem in words."""
+def check_shard(root: str | Path, name: str, entry: Mapping, checksum: bool = True) -> str | None:
+    """None when shard `name` matches its manifest entry (its size, and its checksum unless `checksum` is
+    False), else the problem in words."""
     try:
-        _verified_bytes(Path(root) / name, entry)
+        _verify(Path(root) / name, entry, checksum)
     except CorruptShardError as err:
         return str(err)
     return None
 
 
-def _verified_bytes(path: Path, entry: Mapping) -> bytes:
+def _verify(path: Path, entry: Mapping, checksum: bool = True) -> bytes | None:
+    """The shard's bytes when they match the manifest entry (None when only the size is checked)."""
     if not path.exists():
         raise CorruptShardError(f"shard {path} is listed in the manifest but missing")
+    if not checksum:
+        if path.stat().st_size != entry["bytes"]:
+            raise CorruptShardError(f"shard {path} is {path.stat().st_size} bytes, the manifest says "
+                                    f"{entry['bytes']}: it is truncated or was replaced")
+        return None
     data = path.read_bytes()
     if len(data) != entry["bytes"] or sha256(data) != entry["sha256"]:
         raise CorruptShardError(f"shard {path} is corrupt: its checksum differs from the manifest's "
@@ -180,15 +191,17 @@ class ShardWriter:
 
 
 class ShardDataset(torch.utils.data.Dataset):
-    """Samples of one split of a shard folder, as dicts of numpy arrays (images decoded to uint8).
+    """Samples of one split of a shard folder, as dicts of numpy arrays (encoded images decoded to uint8).
 
-    Every shard is checked against its checksum when the dataset is made: a corrupt or missing one is reported
-    by name (a warning, and in `skipped`) and left out, so training goes on with the rest. Shards are loaded whole
-    and the last `cache` kept; read in `ShardOrderSampler` order, each is read once per epoch.
+    Every shard is checked against the manifest when the dataset is made (its checksum, or only its size when
+    `verify` is False): a corrupt or missing one is reported by name (a warning, and in `skipped`) and left
+    out, so training goes on with the rest. Reading a sample opens its shard (the last `cache` stay open, per
+    process) and reads that sample's members only. `transform`, when given, maps each sample dict.
     """
 
-    def __init__(self, root: str | Path, split: str | None = None, cache: int = 2):
-        self.root = Path(root)
+    def __init__(self, root: str | Path, split: str | None = None, cache: int = 4, verify: bool = True,
+                 transform=None):
+        self.root, self.transform = Path(root), transform
         manifest = read_manifest(self.root)
         self.header = manifest["header"]
         self.encoded = set(self.header.get("encoded", []))
@@ -196,19 +209,19 @@ class ShardDataset(torch.utils.data.Dataset):
         for name, entry in manifest["shards"].items():
             if split is not None and entry.get("split") != split:
                 continue
-            problem = check_shard(self.root, name, entry)
+            problem = check_shard(self.root, name, entry, checksum=verify)
             if problem:
                 warnings.warn(f"skipping {problem}", stacklevel=2)
                 self.skipped.append(name)
                 continue
-            self.shards.append((name, entry))
+            self.shards.append(name)
             counts.append(entry["count"])
         if not self.shards:
             raise ValueError(f"{self.root}: no readable shard for split {split!r} "
                              f"(skipped: {self.skipped or 'none'})")
         self.starts = np.concatenate([[0], np.cumsum(counts)]).tolist()
-        self._cache: OrderedDict[int, dict] = OrderedDict()
-        self._cache_size = cache
+        self._open: OrderedDict[int, tuple] = OrderedDict()
+        self._cache_size, self._pid = cache, os.getpid()
 
     def __len__(self) -> int:
         return self.starts[-1]
@@ -222,20 +235,34 @@ class ShardDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
         shard, row = self.locate(int(index))
-        arrays = self._load(shard)
-        return {key: decode_image(value[row]) if key in self.encoded else value[row]
-                for key, value in arrays.items()}
+        npz, stacked, per_sample = self._shard(shard)
+        item = {key: value[row] for key, value in stacked.items()}
+        try:
+            for key in per_sample:
+                value = npz[f"{key}/{row:05d}"]
+                item[key] = decode_image(value) if key in self.encoded else value
+        except (zipfile.BadZipFile, ValueError, OSError, EOFError) as err:
+            raise CorruptShardError(f"shard {self.root / self.shards[shard]} cannot be read: {err}") from err
+        return self.transform(item) if self.transform else item
 
-    def _load(self, shard: int) -> dict:
-        if shard in self._cache:
-            self._cache.move_to_end(shard)
-            return self._cache[shard]
-        name, entry = self.shards[shard]
-        arrays = read_shard(self.root, name, entry)
-        self._cache[shard] = arrays
-        while len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
-        return arrays
+    def _shard(self, shard: int) -> tuple:
+        if os.getpid() != self._pid:  # a forked DataLoader worker must not share the parent's open files
+            self._open.clear()
+            self._pid = os.getpid()
+        if shard in self._open:
+            self._open.move_to_end(shard)
+            return self._open[shard]
+        path = self.root / self.shards[shard]
+        try:
+            npz = np.load(path, allow_pickle=False)
+            stacked = {key: npz[key] for key in npz.files if "/" not in key}
+        except (zipfile.BadZipFile, ValueError, OSError, EOFError) as err:
+            raise CorruptShardError(f"shard {path} cannot be read: {err}") from err
+        per_sample = sorted({key.split("/")[0] for key in npz.files if "/" in key})
+        self._open[shard] = (npz, stacked, per_sample)
+        while len(self._open) > self._cache_size:
+            self._open.popitem(last=False)[1][0].close()
+        return self._open[shard]
 
 
 class ShardOrderSampler(torch.utils.data.Sampler):

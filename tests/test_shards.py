@@ -3,6 +3,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 
 from handlib import shards
 
@@ -11,7 +12,7 @@ def _arrays(seed: int, n: int = 5) -> dict:
     rng = np.random.default_rng(seed)
     images = (rng.random((n, 8, 8, 3)) * 255).astype(np.uint8)
     return {"image": [shards.encode_image(im, "png") for im in images], "x": rng.normal(size=(n, 3)),
-            "label": np.arange(n, dtype=np.int64) + 100 * seed}
+            "label": np.arange(n, dtype=np.int64) + 100 * seed, "mask": list(images[..., 0] > 127)}
 
 
 def _dataset(root, shard_count: int = 3):
@@ -29,6 +30,7 @@ def test_shard_bytes_are_a_function_of_the_arrays_and_round_trip():
     assert shards.shard_bytes(_arrays(0)) == first
     back = shards.parse_shard(first)
     np.testing.assert_array_equal(back["x"], arrays["x"])
+    np.testing.assert_array_equal(np.stack(back["mask"]), np.stack(arrays["mask"]))
     assert [bytes(b) for b in back["image"]] == arrays["image"]
     rng = np.random.default_rng(0)
     expected = (rng.random((5, 8, 8, 3)) * 255).astype(np.uint8)
@@ -41,6 +43,7 @@ def test_dataset_reads_samples_of_a_split_in_order(tmp_path):
     assert len(data) == 15 and data.skipped == []
     assert [int(data[i]["label"]) for i in (0, 4, 5, 14)] == [0, 4, 100, 204]
     assert data[7]["image"].shape == (8, 8, 3) and data[7]["image"].dtype == np.uint8
+    np.testing.assert_array_equal(data[7]["mask"], data[7]["image"][..., 0] > 127)
     assert len(shards.ShardDataset(tmp_path, "val")) == 5
     with pytest.raises(IndexError):
         data[15]
@@ -67,6 +70,24 @@ def test_missing_shard_is_named_and_skipped(tmp_path):
     with pytest.warns(UserWarning, match="train-00000.npz.*missing"):
         data = shards.ShardDataset(tmp_path, "train")
     assert len(data) == 10
+
+
+def test_truncated_shard_is_found_by_size_without_checksums(tmp_path):
+    _dataset(tmp_path)
+    path = tmp_path / "train-00002.npz"
+    path.write_bytes(path.read_bytes()[:-10])
+    with pytest.warns(UserWarning, match="train-00002.npz.*truncated"):
+        assert len(shards.ShardDataset(tmp_path, "train", verify=False)) == 10
+
+
+def test_dataloader_workers_read_every_sample_once(tmp_path):
+    _dataset(tmp_path, shard_count=4)
+    data = shards.ShardDataset(tmp_path, "train", transform=lambda item: int(item["label"]))
+    data[0]  # a shard opened in the parent before the workers fork
+    loader = torch.utils.data.DataLoader(data, batch_size=3, num_workers=2,
+                                         sampler=shards.ShardOrderSampler(data, seed=1))
+    labels = sorted(int(x) for batch in loader for x in batch)
+    assert labels == [100 * shard + row for shard in range(4) for row in range(5)]
 
 
 def test_writer_resumes_and_rewrites_corrupt_shards(tmp_path):
