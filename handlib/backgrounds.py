@@ -1,0 +1,103 @@
+"""Backgrounds for synthetic images: near-white paper (as in 11K Hands), plain colours, procedural textures,
+or random crops of a folder of the user's own images. Each is a function of a numpy Generator, so a sample's
+background is fixed by its seed."""
+
+import functools
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+KINDS = ("white", "plain", "texture", "images")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+def white(rng: np.random.Generator, size: int) -> np.ndarray:
+    """Near-white paper under uneven light: a faint gradient and vignette, (size, size, 3) uint8."""
+    y, x = np.mgrid[-1:1:size * 1j, -1:1:size * 1j].astype(np.float32)
+    gx, gy = rng.normal(0, 0.04, 2)
+    level = rng.uniform(0.85, 1.0) + gx * x + gy * y - rng.uniform(0, 0.08) * (x * x + y * y)
+    tint = 1 + rng.normal(0, 0.015, 3)
+    return _to_uint8(level[..., None] * tint)
+
+
+def plain(rng: np.random.Generator, size: int) -> np.ndarray:
+    """One random colour, (size, size, 3) uint8."""
+    return np.broadcast_to(_to_uint8(rng.uniform(0, 1, 3)), (size, size, 3)).copy()
+
+
+def texture(rng: np.random.Generator, size: int) -> np.ndarray:
+    """A procedural texture between two random colours: a gradient, smooth noise, or blurred stripes/checks."""
+    y, x = np.mgrid[0:1:size * 1j, 0:1:size * 1j].astype(np.float32)
+    kind = rng.integers(3)
+    if kind == 0:
+        angle = rng.uniform(0, 2 * np.pi)
+        t = np.cos(angle) * x + np.sin(angle) * y
+        t = (t - t.min()) / (np.ptp(t) + 1e-6)
+    elif kind == 1:
+        cells = int(rng.integers(3, 17))
+        grid = rng.random((cells + 1, cells + 1)).astype(np.float32)
+        t = ndimage.zoom(grid, size / (cells + 1), order=3, mode="nearest", grid_mode=True)[:size, :size]
+        t = np.clip(t, 0, 1)
+    else:
+        freq = rng.uniform(3, 20)
+        angle = rng.uniform(0, np.pi)
+        u = np.cos(angle) * x + np.sin(angle) * y
+        t = (np.sin(2 * np.pi * freq * u) > 0).astype(np.float32)
+        if rng.random() < 0.5:
+            v = -np.sin(angle) * x + np.cos(angle) * y
+            t = np.abs(t - (np.sin(2 * np.pi * freq * v) > 0))
+        t = ndimage.gaussian_filter(t, rng.uniform(0.5, 2.0) * size / 128)
+    a, b = rng.uniform(0, 1, (2, 3)).astype(np.float32)
+    image = a + t[..., None] * (b - a)
+    return _to_uint8(image + rng.normal(0, 0.01, image.shape[:2])[..., None])
+
+
+def from_folder(rng: np.random.Generator, size: int, folder: str | Path) -> np.ndarray:
+    """A random square crop (a third to all of the shorter side) of a random image of `folder`, resized."""
+    files = image_files(folder)
+    image = _load(files[rng.integers(len(files))])
+    h, w = image.shape[:2]
+    side = int(min(h, w) * rng.uniform(0.33, 1.0))
+    top, left = rng.integers(h - side + 1), rng.integers(w - side + 1)
+    crop = Image.fromarray(image[top:top + side, left:left + side])
+    out = np.asarray(crop.resize((size, size), Image.BILINEAR))
+    return out[:, ::-1].copy() if rng.random() < 0.5 else out
+
+
+@functools.cache
+def image_files(folder: str | Path) -> tuple[Path, ...]:
+    """The images of `folder` (sorted, so a seed picks the same ones); a clear error when there are none."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"background folder {folder} does not exist")
+    files = tuple(sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES))
+    if not files:
+        raise FileNotFoundError(f"background folder {folder} holds no image ({', '.join(IMAGE_SUFFIXES)})")
+    return files
+
+
+@functools.lru_cache(maxsize=64)
+def _load(path: Path) -> np.ndarray:
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"))
+    except OSError as err:
+        raise ValueError(f"background image {path} cannot be read: {err}") from err
+
+
+def background(rng: np.random.Generator, size: int, kind: str, folder: str | Path | None = None) -> np.ndarray:
+    """A background of `kind` (one of KINDS), (size, size, 3) uint8."""
+    if kind == "images":
+        if folder is None:
+            raise ValueError("background kind 'images' needs a folder of images (background_dir)")
+        return from_folder(rng, size, folder)
+    makers = {"white": white, "plain": plain, "texture": texture}
+    if kind not in makers:
+        raise ValueError(f"unknown background kind {kind!r}; choose from {KINDS}")
+    return makers[kind](rng, size)
+
+
+def _to_uint8(x: np.ndarray) -> np.ndarray:
+    return (np.clip(x, 0, 1) * 255 + 0.5).astype(np.uint8)
