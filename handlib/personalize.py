@@ -1,0 +1,350 @@
+"""One or more photos of a person's hand -> that person's own hand model: rigged GLB, OBJ, texture, JSON.
+
+Per photo: read it, find the hand's 21 keypoints (a keypoint detector, or our network), settle its side, mirror a
+left hand into a right one (one model and one shape β for both hands of a person), crop a square around it.
+For all photos at once: predict θ, β and the camera with the trained network when one is given, refine by fitting
+the keypoints with the priors and one β shared by all photos, project the photos into the common UV atlas, and
+write the files. A photo that fails is named with its problem and left out; the others still give a result.
+The same input gives the same files.
+"""
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+from scipy import ndimage
+
+from handlib import camera, export, fitting, paths
+from handlib.io import atomic_path
+from handlib.keypoints import Detection, Detector
+from handlib.model import HandModel
+from handlib.render import Renderer, WeakPerspective
+from handlib.rotations import mirror_axis_angle
+
+MIN_PHOTO_SIDE = 64   # pixels on the photo's short side
+MIN_HAND_SIDE = 32    # pixels: the detected keypoints' box
+MIN_KEYPOINTS = 6     # keypoints with certainty > 0 needed to fit
+CROP_BORDER = 0.3     # the crop is (1 + border) times the keypoint box's longer side
+TEXTURE_SIZE = 512
+FIT = fitting.FitConfig(pose_iters=30, shape_iters=15, both_iters=60, beta_weight=0.05, pose_prior_weight=0.01,
+                        joint_limit_weight=10.0)
+
+
+class PhotoError(ValueError):
+    """A photo that cannot be used; the message names it."""
+
+
+@dataclass
+class Photo:
+    """A usable photo, in the frame the fit uses: left hands mirrored into right ones."""
+    path: Path
+    image: np.ndarray      # (H, W, 3) uint8, mirrored when `mirrored`
+    side: str              # the hand in the photo as it is: "right" or "left"
+    mirrored: bool
+    keypoints: np.ndarray  # (21, 3) x, y pixels in `image`, certainty
+    box: np.ndarray        # (3,) x0, y0, size: the square crop around the hand, pixels in `image`
+    detector: str
+
+    @property
+    def keypoints_crop(self) -> np.ndarray:
+        """The keypoints in [-1, 1] over the crop (21, 2)."""
+        xy = torch.as_tensor(self.keypoints[:, :2] - self.box[:2])
+        return camera.pixels_to_normalized(xy, self.box[2], self.box[2]).numpy()
+
+
+@dataclass
+class Result:
+    out_dir: Path
+    betas: np.ndarray                        # (10,) the person's shape
+    photos: list[Photo]
+    fit: fitting.HandFit                     # one row per photo, right-hand frame, camera over each crop
+    problems: dict[str, str] = field(default_factory=dict)  # photo -> why it was left out
+    files: list[Path] = field(default_factory=list)
+
+
+def read_photo(path: str | os.PathLike) -> np.ndarray:
+    """The photo as (H, W, 3) uint8 RGB; a PhotoError naming it when it is missing, empty, unreadable or small."""
+    path = Path(path)
+    if not path.is_file():
+        raise PhotoError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise PhotoError(f"{path}: the file is empty")
+    try:
+        with Image.open(path) as im:
+            image = np.asarray(im.convert("RGB"))
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        raise PhotoError(f"{path}: not an image that can be read ({err})") from None
+    if min(image.shape[:2]) < MIN_PHOTO_SIDE:
+        raise PhotoError(f"{path}: {image.shape[1]}x{image.shape[0]} pixels is too small; the hand needs a photo "
+                         f"of at least {MIN_PHOTO_SIDE} pixels on its short side")
+    return image
+
+
+def settle_side(path: Path, given: str | None, detection: Detection) -> str:
+    """The side to use: the one given, else the detector's; a PhotoError when they disagree or neither is known."""
+    if given is not None and given not in ("right", "left"):
+        raise PhotoError(f"{path}: side must be 'right' or 'left', got {given!r}")
+    seen = detection.handedness
+    if given is not None and seen is not None and seen != given:
+        raise PhotoError(f"{path}: conflicting sides: given {given!r}, but the detector sees a {seen} hand "
+                         f"(score {detection.score:.2f}); check which hand the photo shows, or give no side "
+                         "to use the detector's")
+    side = given or seen
+    if side is None:
+        raise PhotoError(f"{path}: the hand's side is unknown: the detector does not report it, so give it")
+    return side
+
+
+def crop_box(keypoints: np.ndarray, border: float = CROP_BORDER) -> np.ndarray:
+    """The square (x0, y0, size) around the certain keypoints' box, `1 + border` times its longer side."""
+    xy = keypoints[keypoints[:, 2] > 0, :2]
+    lo, hi = xy.min(0), xy.max(0)
+    size = float((hi - lo).max()) * (1 + border)
+    return np.array([*((lo + hi) / 2 - size / 2), size])
+
+
+def prepare_photo(path: str | os.PathLike, detector: Detector, side: str | None = None) -> Photo:
+    """Read, detect, settle the side and mirror one photo; a PhotoError naming it when it cannot be used."""
+    path = Path(path)
+    image = read_photo(path)
+    detection = detector.detect(path, side)
+    if detection is None:
+        raise PhotoError(f"{path}: no hand found (detector: {detector.name})")
+    side = settle_side(path, side, detection)
+    keypoints = np.array(detection.keypoints, dtype=np.float64)
+    certain = keypoints[:, 2] > 0
+    if certain.sum() < MIN_KEYPOINTS:
+        raise PhotoError(f"{path}: only {certain.sum()} keypoints found, {MIN_KEYPOINTS} needed to fit a hand")
+    extent = (keypoints[certain, :2].max(0) - keypoints[certain, :2].min(0)).max()
+    if extent < MIN_HAND_SIDE:
+        raise PhotoError(f"{path}: the hand is only {extent:.0f} pixels across; at least {MIN_HAND_SIDE} needed "
+                         "(take the photo closer)")
+    mirrored = side == "left"
+    if mirrored:  # a left hand seen in a mirror is a right hand: one model and one β for both hands
+        image = np.ascontiguousarray(image[:, ::-1])
+        keypoints[:, 0] = image.shape[1] - 1 - keypoints[:, 0]
+    return Photo(path, image, side, mirrored, keypoints, crop_box(keypoints), detector.name)
+
+
+def fit_photos(model: HandModel, photos: list[Photo], config: fitting.FitConfig = FIT) -> fitting.HandFit:
+    """Fit all photos' keypoints at once with one β shared by all of them (right-hand model, mirrored frame)."""
+    keypoints = torch.as_tensor(np.stack([p.keypoints_crop for p in photos]))
+    certainty = torch.as_tensor(np.stack([p.keypoints[:, 2] for p in photos]))
+    shared = torch.zeros(len(photos), dtype=torch.long)
+    return fitting.fit_keypoints_2d(model, keypoints.to(model.v_template.dtype), certainty.to(model.v_template.dtype),
+                                    config, subject_ids=shared)
+
+
+def canvas_camera(cam: np.ndarray, box: np.ndarray, canvas: int) -> np.ndarray:
+    """A weak perspective (s, tx, ty) onto a crop `box` (x0, y0, size) -> the same onto the square canvas of side
+    `canvas` pixels whose top-left pixel is the photo's: crop pixel u = (x + 1) / 2 · size - 0.5 + x0."""
+    ratio = box[2] / canvas
+    offset = (box[2] + 2 * box[:2]) / canvas - 1
+    return np.array([cam[0] * ratio, cam[1] * ratio + offset[0], cam[2] * ratio + offset[1]])
+
+
+def _canvas(photo: Photo) -> int:
+    return max(photo.image.shape[:2])
+
+
+def _face_incidence(faces: np.ndarray, n_vertices: int) -> np.ndarray:
+    """(V, F) one-hot vertex-face incidence: as the renderer's part labels it makes each pixel's label the index
+    of the face drawn there (a face's own label sums to 3 over its corners, a neighbour's to at most 2)."""
+    incidence = np.zeros((n_vertices, len(faces)), np.float32)
+    incidence[faces, np.arange(len(faces))[:, None]] = 1
+    return incidence
+
+
+def project_texture(model: HandModel, vertices: np.ndarray, photos: list[Photo], cams: np.ndarray,
+                    size: int = TEXTURE_SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """Scatter the photos' pixels into the common UV atlas.
+
+    For each photo the fitted mesh is drawn with a face id per pixel; the pixel's barycentric coordinates in
+    that face give its UV, and the pixel's colour lands in that texel, weighted by how squarely the surface faces
+    the camera. Texels no photo sees take the colour of the nearest seen texel.
+    vertices (B, V, 3); cams (B, 3) weak perspective onto each photo's canvas -> (texture (size, size, 3) uint8,
+    coverage (size, size) bool: texels seen in some photo).
+    """
+    if model.vt is None:
+        raise ValueError("the hand model has no UV atlas (vt/ft): real MANO files carry none")
+    faces = model.faces.numpy()
+    vt, ft = model.vt.double().numpy(), model.ft.numpy()
+    total = np.zeros((size * size, 3))
+    weight = np.zeros(size * size)
+    for verts, photo, cam in zip(vertices, photos, cams):
+        side = _canvas(photo)
+        renderer = Renderer(faces, side, parts=_face_incidence(faces, len(verts)), samples=1)
+        out = renderer.render(verts[None], WeakPerspective(cam[None]), outputs=("mask", "normals", "parts"))
+        renderer.release()
+        mask = out["mask"][0] & (out["normals"][0][..., 2] < -0.3)  # facing the camera (OpenCV: +z away)
+        h, w = photo.image.shape[:2]
+        mask[h:], mask[:, w:] = False, False
+        ys, xs = np.nonzero(mask)
+        face = out["parts"][0][ys, xs].astype(np.int64)
+        px = camera.normalized_to_pixels(torch.as_tensor(cam[None, None, :1] * verts[None, :, :2]
+                                                         + cam[None, None, 1:]), side, side)[0].numpy()
+        bary = _barycentric(px[faces[face]], np.stack([xs, ys], 1).astype(np.float64))
+        uv = np.einsum("nk,nkd->nd", bary, vt[ft[face]])
+        col = np.clip(np.round(uv[:, 0] * size - 0.5), 0, size - 1).astype(np.int64)
+        row = np.clip(np.round((1 - uv[:, 1]) * size - 0.5), 0, size - 1).astype(np.int64)
+        facing = -out["normals"][0][ys, xs, 2].astype(np.float64)
+        texel = row * size + col
+        np.add.at(total, texel, facing[:, None] ** 2 * photo.image[ys, xs])
+        np.add.at(weight, texel, facing ** 2)
+    seen = weight > 0
+    texture = np.zeros((size * size, 3))
+    if seen.any():
+        texture[seen] = total[seen] / weight[seen, None]
+        nearest = ndimage.distance_transform_edt(~seen.reshape(size, size), return_distances=False,
+                                                 return_indices=True)
+        texture = texture.reshape(size, size, 3)[nearest[0], nearest[1]]
+    else:
+        texture[:] = np.array(export.SKIN_COLOR[:3]) * 255
+    return np.round(texture).astype(np.uint8).reshape(size, size, 3), seen.reshape(size, size)
+
+
+def _barycentric(tri: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """Barycentric coordinates (N, 3) of points p (N, 2) in triangles tri (N, 3, 2)."""
+    a, b, c = tri[:, 0], tri[:, 1], tri[:, 2]
+    v0, v1, v2 = b - a, c - a, p - a
+    det = v0[:, 0] * v1[:, 1] - v0[:, 1] * v1[:, 0]
+    det = np.where(np.abs(det) < 1e-12, 1e-12, det)
+    l1 = (v2[:, 0] * v1[:, 1] - v2[:, 1] * v1[:, 0]) / det
+    l2 = (v0[:, 0] * v2[:, 1] - v0[:, 1] * v2[:, 0]) / det
+    bary = np.clip(np.stack([1 - l1 - l2, l1, l2], 1), 0, 1)
+    return bary / bary.sum(1, keepdims=True)
+
+
+def fit_picture(model: HandModel, vertices: np.ndarray, photo: Photo, cam: np.ndarray,
+                fitted_px: np.ndarray, texture: np.ndarray | None = None) -> Image.Image:
+    """The photo with the fitted mesh blended over it, detected keypoints (red) and fitted ones (green), shown
+    the way the photo was taken (mirrored back for a left hand)."""
+    side = _canvas(photo)
+    h, w = photo.image.shape[:2]
+    background = np.zeros((side, side, 3), np.uint8)
+    background[:h, :w] = photo.image
+    textured = texture is not None and model.vt is not None
+    renderer = Renderer(model.faces.numpy(), side, vt=model.vt.numpy() if textured else None,
+                        ft=model.ft.numpy() if textured else None, samples=4)
+    out = renderer.render(vertices[None], WeakPerspective(cam[None]), texture=texture if textured else None,
+                          outputs=("image", "mask"))
+    renderer.release()
+    blend = np.where(out["mask"][0][..., None], 0.35 * background + 0.65 * out["image"][0], background)
+    picture = Image.fromarray(np.round(blend[:h, :w]).astype(np.uint8))
+    draw = ImageDraw.Draw(picture)
+    radius = max(2.0, max(h, w) / 200)
+    for xy, colour in ((photo.keypoints[photo.keypoints[:, 2] > 0, :2], (230, 40, 40)), (fitted_px, (40, 200, 60))):
+        for x, y in xy:
+            draw.ellipse([x - radius, y - radius, x + radius, y + radius], outline=colour, width=2)
+    if photo.mirrored:
+        picture = picture.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return picture
+
+
+def _save_png(path: Path, image: Image.Image) -> None:
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
+
+
+def model_name(side: str = "right") -> str:
+    """Which hand model `HandModel.default` uses: the real MANO file's name, or handlib's built-in hand."""
+    path = paths.mano_file(side)
+    for candidate in (path, path.with_suffix(".npz")):
+        if candidate.is_file():
+            return f"MANO ({candidate.name})"
+    return "handlib builtin"
+
+
+def personalize(photos: list[str | os.PathLike], out_dir: str | os.PathLike, detector: Detector,
+                sides: list[str | None] | None = None, models: dict[str, HandModel] | None = None,
+                config: fitting.FitConfig = FIT, texture_size: int = TEXTURE_SIZE, log=print) -> Result:
+    """Photos of one person's hand (any sides, any sizes) -> the person's hand model in `out_dir`.
+
+    sides: per photo "right", "left" or None (the detector decides). models: {"right", "left"} HandModels
+    (default `HandModel.default`, in float64). Files: hand_right.glb / hand_left.glb (skeleton, skin weights,
+    texture, one animation key per photo), hand_right.obj (+ .mtl, .png), texture.png, parameters.json and
+    fit_NN_<photo>.png per photo. Raises PhotoError when no photo can be used.
+    """
+    out_dir = Path(out_dir)
+    sides = [None] * len(photos) if sides is None else list(sides)
+    if len(sides) != len(photos):
+        raise ValueError(f"{len(photos)} photos but {len(sides)} sides")
+    if models is None:
+        models = {s: HandModel.default(s).double() for s in ("right", "left")}
+    model = models["right"]
+    usable, problems = [], {}
+    for path, side in zip(photos, sides):
+        try:
+            usable.append(prepare_photo(path, detector, side))
+        except PhotoError as err:
+            problems[str(path)] = str(err)
+            log(f"left out: {err}")
+    if not usable:
+        raise PhotoError("no photo could be used:\n" + "\n".join(problems.values()))
+
+    fit = fit_photos(model, usable, config)
+    betas = fit.betas[0].detach().double().numpy()
+    vertices = fit.vertices.detach().double().numpy()
+    cams = np.stack([canvas_camera(c, p.box, _canvas(p)) for c, p in zip(fit.cam.double().numpy(), usable)])
+    texture = None
+    files = []
+    if model.vt is not None:
+        texture, _ = project_texture(model, vertices, usable, cams, texture_size)
+        _save_png(out_dir / "texture.png", Image.fromarray(texture))
+        files.append(out_dir / "texture.png")
+
+    poses = np.stack([export.full_pose(model, hp, go) for hp, go in
+                      zip(fit.hand_pose.double().numpy(), fit.global_orient.double().numpy())])  # (B, 16, 3)
+    tex_image = None if texture is None else Image.fromarray(texture)
+    for side, side_model in models.items():
+        rig = export.Rig.from_model(side_model, betas)
+        side_poses = poses if side == "right" else mirror_axis_angle(torch.as_tensor(poses)).numpy()
+        export.write_glb(out_dir / f"hand_{side}.glb", rig, texture=tex_image, poses=side_poses)
+        files.append(out_dir / f"hand_{side}.glb")
+    export.write_obj(out_dir / "hand_right.obj", export.Rig.from_model(model, betas), texture=tex_image)
+    files += [out_dir / "hand_right.obj", out_dir / "hand_right.mtl"]
+
+    fitted_px = []
+    for i, (photo, cam) in enumerate(zip(usable, cams)):
+        kp = fit.keypoints_2d[i].detach().double()
+        px = camera.normalized_to_pixels(kp, photo.box[2], photo.box[2]).numpy() + photo.box[:2]
+        fitted_px.append(px)
+        picture = fit_picture(model, vertices[i], photo, cam, px, texture)
+        name = out_dir / f"fit_{i:02d}_{photo.path.stem}.png"
+        _save_png(name, picture)
+        files.append(name)
+
+    export.write_json(out_dir / "parameters.json", _parameters(model, usable, fit, fitted_px, betas, problems))
+    files.append(out_dir / "parameters.json")
+    return Result(out_dir, betas, usable, fit, problems, files)
+
+
+def _parameters(model, photos, fit, fitted_px, betas, problems) -> dict:
+    entries = []
+    for i, (photo, px) in enumerate(zip(photos, fitted_px)):
+        orient = fit.global_orient[i].detach().double()
+        hand_pose = fit.hand_pose[i].detach().double()
+        if photo.mirrored:  # back from the mirrored frame to the left hand's own model
+            orient, hand_pose = mirror_axis_angle(orient), mirror_axis_angle(hand_pose.view(15, 3)).view(45)
+        certain = photo.keypoints[:, 2] > 0
+        error = np.linalg.norm(px - photo.keypoints[:, :2], axis=1)[certain].mean()
+        h, w = photo.image.shape[:2]
+        box, cam = photo.box.copy(), fit.cam[i].detach().double().numpy().copy()
+        if photo.mirrored:  # the crop and camera in the photo as taken, for the left model
+            box[0] = w - box[0] - box[2]
+            cam[1] = -cam[1]
+        entries.append({
+            "file": photo.path.name, "side": photo.side, "detector": photo.detector,
+            "global_orient": orient, "hand_pose": hand_pose,
+            "camera": {"weak_perspective": cam, "crop_box_px": box, "image_size": [w, h]},
+            "keypoint_error_px": float(error),
+        })
+    return {
+        "model": model_name(), "flat_hand_mean": model.flat_hand_mean,
+        "pose_convention": "axis-angle; hand_pose is relative to the model's mean pose unless flat_hand_mean; "
+                           "weak perspective (s, tx, ty) maps the posed model to [-1, 1] over the crop box",
+        "betas": betas, "photos": entries, "left_out": problems,
+    }

@@ -1,0 +1,130 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from handlib import camera, personalize
+from handlib.keypoints import Detection
+from handlib.model import HandModel
+from handlib.render import Renderer, WeakPerspective
+
+
+class FixedDetector:
+    """Answers from a dict path -> Detection (None: no hand)."""
+    name = "fixed"
+
+    def __init__(self, answers: dict):
+        self.answers = answers
+
+    def detect(self, path, side=None):
+        return self.answers[str(path)]
+
+
+def _detection(side="right", size=200):
+    rng = np.random.default_rng(0)
+    xy = rng.uniform(0.3 * size, 0.7 * size, (21, 2))
+    return Detection(np.c_[xy, np.ones(21)], side, 0.97)
+
+
+def _photo(path, size=200):
+    Image.fromarray(np.full((size, size, 3), 200, np.uint8)).save(path)
+    return path
+
+
+def test_bad_photos_get_a_message_that_names_them(tmp_path):
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    garbage = tmp_path / "garbage.jpg"
+    garbage.write_bytes(b"not a jpeg at all")
+    tiny = tmp_path / "tiny.png"
+    Image.new("RGB", (40, 30)).save(tiny)
+    for path, words in [(empty, "the file is empty"), (garbage, "not an image"), (tiny, "40x30 pixels is too small"),
+                        (tmp_path / "missing.jpg", "no such file")]:
+        with pytest.raises(personalize.PhotoError, match=words) as err:
+            personalize.read_photo(path)
+        assert str(path) in str(err.value)
+
+    nohand, conflict, small = (_photo(tmp_path / f"{n}.png") for n in ("nohand", "conflict", "small"))
+    tiny_hand = _detection()
+    tiny_hand.keypoints[:, :2] = 100 + tiny_hand.keypoints[:, :2] / 20
+    detector = FixedDetector({str(nohand): None, str(conflict): _detection("right"), str(small): tiny_hand})
+    with pytest.raises(personalize.PhotoError, match=f"{nohand}: no hand found"):
+        personalize.prepare_photo(nohand, detector)
+    with pytest.raises(personalize.PhotoError, match=f"{conflict}: conflicting sides: given 'left'.*right hand"):
+        personalize.prepare_photo(conflict, detector, side="left")
+    with pytest.raises(personalize.PhotoError, match=f"{small}: the hand is only"):
+        personalize.prepare_photo(small, detector)
+    with pytest.raises(personalize.PhotoError, match="no photo could be used"):
+        personalize.personalize([nohand, small], tmp_path / "out", detector, models={"right": None, "left": None})
+
+
+def test_left_photos_are_mirrored_into_right_hands(tmp_path):
+    path = _photo(tmp_path / "left.png")
+    detection = _detection("left")
+    photo = personalize.prepare_photo(path, FixedDetector({str(path): detection}))
+    assert photo.mirrored and photo.side == "left"
+    np.testing.assert_allclose(photo.keypoints[:, 0], 199 - detection.keypoints[:, 0])
+    np.testing.assert_array_equal(photo.image, np.asarray(Image.open(path))[:, ::-1])
+
+
+def test_canvas_camera_maps_crop_pixels_to_canvas_pixels():
+    box, canvas = np.array([37.0, 12.5, 90.0]), 250
+    cam = np.array([3.1, 0.2, -0.4])
+    points = torch.as_tensor(np.random.default_rng(0).normal(size=(1, 9, 3)) * 0.1)
+    in_crop = camera.normalized_to_pixels(camera.weak_perspective(points, torch.as_tensor(cam[None])),
+                                          90, 90) + torch.tensor([37.0, 12.5], dtype=torch.float64)
+    in_canvas = camera.normalized_to_pixels(
+        camera.weak_perspective(points, torch.as_tensor(personalize.canvas_camera(cam, box, canvas)[None])),
+        canvas, canvas)
+    torch.testing.assert_close(in_canvas, in_crop)
+
+
+def sheet_params(n=12) -> dict:
+    """A flat square sheet in the z = 0 plane facing the camera (normal -z), UVs = its x, y; every vertex
+    skinned to the wrist: enough of a MANO-layout model to test texture projection."""
+    g = np.linspace(-0.05, 0.05, n)
+    x, y = np.meshgrid(g, g)
+    verts = np.c_[x.ravel(), y.ravel(), np.zeros(n * n)]
+    quads = [(r * n + c, r * n + c + 1, (r + 1) * n + c, (r + 1) * n + c + 1) for r in range(n - 1)
+             for c in range(n - 1)]
+    faces = np.array([f for a, b, c, d in quads for f in ((a, c, b), (b, c, d))])
+    weights = np.zeros((n * n, 16))
+    weights[:, 0] = 1
+    return {
+        "v_template": verts, "f": faces, "weights": weights, "J_regressor": np.full((16, n * n), 1 / (n * n)),
+        "kintree_table": np.stack([np.array([-1, 0, 1, 2, 0, 4, 5, 0, 7, 8, 0, 10, 11, 0, 13, 14]) % 2**32,
+                                   np.arange(16)]),
+        "shapedirs": np.zeros((n * n, 3, 10)), "posedirs": np.zeros((n * n, 3, 135)),
+        "hands_components": np.eye(45), "hands_mean": np.zeros(45), "tip_ids": np.arange(5),
+        # v up in the atlas while y points down in the image: the texture shows upright in the photo
+        "vt": np.c_[(x.ravel() + 0.05) / 0.1, 1 - (y.ravel() + 0.05) / 0.1], "ft": faces,
+    }
+
+
+def test_projected_texture_recovers_the_texture_the_photo_was_rendered_with():
+    model = HandModel(sheet_params()).double()
+    rng = np.random.default_rng(0)
+    truth = np.kron(rng.integers(0, 255, (8, 8, 3)), np.ones((8, 8, 1))).astype(np.uint8)  # 64 x 64 blocks
+    verts = model().vertices[0].numpy()
+    cam = np.array([7.0, 0.05, -0.1])  # the sheet covers about 70% of the photo, off centre
+    renderer = Renderer(model.faces.numpy(), 160, vt=model.vt.numpy(), ft=model.ft.numpy(), samples=1)
+    image = renderer.render(verts, WeakPerspective(cam[None]), texture=truth,
+                            light=personalize_light())["image"][0]
+    renderer.release()
+    photo = personalize.Photo(None, image, "right", False, np.zeros((21, 3)), np.array([0, 0, 160.0]), "test")
+    texture, seen = personalize.project_texture(model, verts[None], [photo], cam[None], size=64)
+    assert seen.mean() > 0.5
+    inner = np.zeros_like(seen)
+    inner[2:-2, 2:-2] = True
+    block_edges = (np.arange(64) % 8 == 0) | (np.arange(64) % 8 == 7)
+    inner[block_edges] = False
+    inner[:, block_edges] = False
+    diff = np.abs(texture.astype(int) - truth)[inner & seen]
+    assert np.median(diff) <= 2 and np.percentile(diff, 99) < 30
+    # texels nobody saw take a seen neighbour's colour, not black
+    assert (texture[~seen] > 0).any(axis=-1).all() if (~seen).any() else True
+
+
+def personalize_light():
+    from handlib.render import Light
+    return Light(direction=(0.0, 0.0, 1.0), diffuse=0.0, ambient=1.0)  # unshaded: colours come out as given
