@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from handlib import hands11k
-from handlib.split import split_by_subject
+from handlib.split import split_by_subject, write_11kjoints
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -155,3 +155,20 @@ def test_split_of_few_subjects_keeps_them_whole():
     subjects = ["a"] * 5 + ["b"] * 5 + ["c"] * 5 + ["d"] * 5 + ["e"] * 5
     train, test = split_by_subject(subjects, 0.2, seed=0)
     assert len(test) == 5 and len({subjects[i] for i in test}) == 1
+
+
+def test_write_11kjoints_splits_accepted_detections_by_subject(folder, tmp_path):
+    images = hands11k.read_hand_info(folder).images
+    records = {im.image_name: {"status": "ok", "keypoints": _joints(i).tolist()} for i, im in enumerate(images)}
+    records[images[1].image_name] = {"status": "no_hand"}
+    accepted = [im.image_name for im in images if im is not images[1]]
+    parts = write_11kjoints(images, records, accepted, tmp_path / "out", test_fraction=0.25, seed=0)
+    train, test = (hands11k.load_samples(tmp_path / "out" / f"{p}.json") for p in ("train", "test"))
+    assert [s.filename for s in train] == [s.filename for s in parts["train"]]
+    assert sorted(s.filename for s in train + test) == sorted(accepted)
+    assert not {s.subject for s in train} & {s.subject for s in test} and test
+    first = next(s for s in train + test if s.filename == images[0].image_name)
+    np.testing.assert_allclose(first.joints, _joints(0), atol=1e-3)
+    assert (first.subject, first.side, first.aspect) == ("0000000", "right", "dorsal")
+    with pytest.raises(ValueError, match="1 accepted images have no detection"):
+        write_11kjoints(images, records, [images[1].image_name], tmp_path / "out2")
