@@ -1,4 +1,4 @@
-"""Command line: `python -m handlib doctor | run`."""
+"""Command line: `python -m handlib doctor | run | personalize`."""
 
 import argparse
 
@@ -14,6 +14,9 @@ def main() -> None:
     run.add_argument("--only", nargs="*", help="notebook name prefixes to run, e.g. 00 04")
     run.add_argument("--fresh", action="store_true",
                      help="start a new run folder instead of continuing the newest one of this profile")
+    from handlib import personalize
+    personalize.add_arguments(sub.add_parser("personalize", help="photos of one person's hand -> their own hand "
+                                                                 "model (GLB, OBJ, texture, parameters JSON)"))
     args = parser.parse_args()
     if args.command == "doctor":
         print(doctor.report())
@@ -21,6 +24,8 @@ def main() -> None:
         print(doctor.report(), flush=True)
         run_dir = None if args.fresh else pipeline.latest_run_dir(args.profile)
         pipeline.run(args.profile, run_dir=run_dir, only=args.only)
+    elif args.command == "personalize":
+        personalize.main(args)
 
 
 if __name__ == "__main__":

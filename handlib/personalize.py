@@ -110,7 +110,10 @@ def prepare_photo(path: str | os.PathLike, detector: Detector, side: str | None 
     """Read, detect, settle the side and mirror one photo; a PhotoError naming it when it cannot be used."""
     path = Path(path)
     image = read_photo(path)
-    detection = detector.detect(path, side)
+    try:
+        detection = detector.detect(path, side)
+    except (OSError, ValueError) as err:
+        raise PhotoError(f"{path}: keypoint detection failed: {err}") from err
     if detection is None:
         raise PhotoError(f"{path}: no hand found (detector: {detector.name})")
     side = settle_side(path, side, detection)
@@ -348,3 +351,43 @@ def _parameters(model, photos, fit, fitted_px, betas, problems) -> dict:
                            "weak perspective (s, tx, ty) maps the posed model to [-1, 1] over the crop box",
         "betas": betas, "photos": entries, "left_out": problems,
     }
+
+
+def make_detector(spec: str) -> Detector:
+    """'mediapipe' or 'openpose:<folder of OpenPose --write_json output>'."""
+    from handlib import keypoints
+
+    if spec == "mediapipe":
+        return keypoints.MediaPipeDetector()
+    if spec.startswith("openpose:"):
+        return keypoints.OpenPoseJsonDetector(spec.split(":", 1)[1])
+    raise ValueError(f"unknown detector {spec!r}: use 'mediapipe' or 'openpose:<json folder>'")
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("photos", nargs="+", help="photos of the same person's hands (any size, either side)")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--sides", help="comma-separated side per photo: right, left or auto (the detector's); "
+                                        "one value applies to all photos")
+    parser.add_argument("--detector", default="mediapipe", help="mediapipe, or openpose:<json folder>")
+    parser.add_argument("--texture-size", type=int, default=TEXTURE_SIZE)
+
+
+def main(args) -> None:
+    sides = [None] * len(args.photos)
+    if args.sides:
+        given = [None if s.strip() == "auto" else s.strip() for s in args.sides.split(",")]
+        sides = given * len(args.photos) if len(given) == 1 else given
+    torch.manual_seed(0)
+    try:
+        result = personalize(args.photos, args.out, make_detector(args.detector), sides,
+                             texture_size=args.texture_size)
+    except (PhotoError, ValueError) as err:
+        raise SystemExit(f"personalize: {err}") from None
+    print(f"shape β = {np.array2string(result.betas, precision=2)} from {len(result.photos)} photo(s)")
+    for path in result.files:
+        print(f"  wrote {path}")
+    if result.problems:
+        print(f"{len(result.problems)} photo(s) left out:")
+        for message in result.problems.values():
+            print(f"  {message}")
