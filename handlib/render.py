@@ -1,0 +1,543 @@
+"""Headless batch renderer: one mesh topology drawn with many vertex arrays, cameras, lights and textures.
+
+A `Renderer` is made once per topology (faces, optional UVs and part labels) and image size. Each call draws a
+whole batch into one tiled framebuffer per chunk (one instanced draw call; every sample is clipped to its own
+tile), resolves antialiasing on the GL side and reads back once per chunk. Outputs are numpy arrays:
+
+- image   (B, H, W, 3) uint8, shaded, antialiased, composited over the background
+- mask    (B, H, W) bool, pixel centres covered by the mesh
+- depth   (B, H, W) float32, camera-space z (OpenCV frame, metres) at pixel centres; +inf where empty
+- normals (B, H, W, 3) float32, camera-space unit normals of the visible side; 0 where empty
+- parts   (B, H, W) int16, part label of the visible face; -1 where empty
+
+mask, depth, normals and parts are sampled once at each pixel centre (no antialiasing), so they agree with each
+other exactly. Coordinates follow handlib.camera: OpenCV camera frame, pixel (0, 0) is the centre of the top-left
+pixel, weak perspective maps camera-space x, y to [-1, 1] over the image.
+"""
+
+import math
+from typing import NamedTuple
+
+import moderngl
+import numpy as np
+import scipy.sparse
+import torch
+
+from handlib.gl import get_context
+
+ArrayLike = np.ndarray | torch.Tensor | tuple | list | float
+
+OUTPUTS = ("image", "mask", "depth", "normals", "parts")
+SKIN = (0.86, 0.67, 0.55)  # default albedo when there is no texture
+
+
+class WeakPerspective(NamedTuple):
+    """x̂ = s·X_xy + t (handlib.camera.weak_perspective); vertices are already in camera space."""
+    cam: ArrayLike  # (B, 3) or (3,) = (s, tx, ty)
+
+
+class Perspective(NamedTuple):
+    """Pinhole camera (handlib.camera.perspective): pixels = K (R X + t), K's last row (0, 0, 1)."""
+    K: ArrayLike  # (B, 3, 3) or (3, 3), pixels
+    R: ArrayLike | None = None  # (B, 3, 3) world -> camera rotation
+    t: ArrayLike | None = None  # (B, 3) metres
+
+
+class Light(NamedTuple):
+    """A directional light plus ambient light, in camera space; each field per sample or shared."""
+    direction: ArrayLike = (0.3, 0.5, 1.0)  # (B, 3): where the light travels (OpenCV: +y down, +z away)
+    diffuse: ArrayLike = 0.7  # (B,) or (B, 3) colour of the directional light
+    ambient: ArrayLike = 0.4  # (B,) or (B, 3)
+
+
+def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """Area-weighted unit vertex normals: vertices (B, V, 3), faces (F, 3) -> (B, V, 3); 0 for unused vertices."""
+    B, V, _ = vertices.shape
+    a, b, c = (vertices[:, faces[:, k]] for k in range(3))  # (B, F, 3) each
+    face_normals = np.cross(b - a, c - a)  # (B, F, 3), length = 2 * area
+    F = len(faces)
+    incidence = scipy.sparse.csr_matrix(
+        (np.ones(3 * F, np.float32), (faces.T.ravel(), np.tile(np.arange(F), 3))), shape=(V, F))
+    summed = incidence @ face_normals.transpose(1, 0, 2).reshape(F, B * 3)  # (V, B * 3)
+    summed = np.ascontiguousarray(summed.reshape(V, B, 3).transpose(1, 0, 2), dtype=np.float32)
+    length = np.linalg.norm(summed, axis=-1, keepdims=True)
+    return np.divide(summed, length, out=np.zeros_like(summed), where=length > 0)
+
+
+def part_labels(weights: ArrayLike) -> np.ndarray:
+    """Per-vertex part labels from skinning weights (V, J): the joint (segment) with the largest weight."""
+    return np.asarray(_numpy(weights)).argmax(axis=1)
+
+
+_STRUCT = """
+struct Sample { mat4 view; mat4 proj; vec4 light_dir; vec4 diffuse; vec4 ambient; vec4 color; vec4 background; };
+layout(std430, binding = 4) readonly buffer Samples { Sample samples[]; };
+"""
+_SAMPLE_FLOATS = 16 + 16 + 5 * 4
+
+_MESH_VS = """#version 450
+""" + _STRUCT + """
+layout(std430, binding = 0) readonly buffer Positions { float positions[]; };  // (B, V, 3)
+layout(std430, binding = 1) readonly buffer Normals { float normals[]; };  // (B, V, 3)
+layout(std430, binding = 2) readonly buffer CornerVertex { int corner_vertex[]; };  // (3 F,)
+layout(std430, binding = 3) readonly buffer CornerUV { vec2 corner_uv[]; };  // (3 F, 2)
+uniform int num_vertices;
+uniform int columns;
+uniform vec2 tile_scale;  // tile size / framebuffer size
+out vec3 v_camera;
+out vec3 v_normal;
+out vec2 v_uv;
+flat out int v_sample;
+out float gl_ClipDistance[4];
+
+void main() {
+    int s = gl_InstanceID;
+    int i = 3 * (s * num_vertices + corner_vertex[gl_VertexID]);
+    vec4 camera = samples[s].view * vec4(positions[i], positions[i + 1], positions[i + 2], 1.0);
+    v_camera = camera.xyz;
+    v_normal = mat3(samples[s].view) * vec3(normals[i], normals[i + 1], normals[i + 2]);
+    v_uv = corner_uv[gl_VertexID];
+    v_sample = s;
+    vec4 clip = samples[s].proj * camera;
+    // keep each sample inside its own image, then move that image to its tile
+    gl_ClipDistance[0] = clip.w + clip.x;
+    gl_ClipDistance[1] = clip.w - clip.x;
+    gl_ClipDistance[2] = clip.w + clip.y;
+    gl_ClipDistance[3] = clip.w - clip.y;
+    vec2 corner = vec2(s % columns, s / columns) * 2.0 * tile_scale - 1.0;
+    gl_Position = vec4(corner * clip.w + (clip.xy + clip.w) * tile_scale, clip.z, clip.w);
+}
+"""
+
+_FACING = """
+    // the face's winding normal points at the camera exactly when it is front facing (front_face = "cw")
+    vec3 n = normalize(gl_FrontFacing ? v_normal : -v_normal);
+"""
+
+_COLOR_FS = """#version 450
+""" + _STRUCT + """
+uniform bool textured;
+uniform bool texture_per_sample;
+uniform sampler2DArray albedo_map;
+in vec3 v_camera;
+in vec3 v_normal;
+in vec2 v_uv;
+flat in int v_sample;
+layout(location = 0) out vec4 f_color;
+
+void main() {""" + _FACING + """
+    vec3 albedo = samples[v_sample].color.rgb;
+    if (textured)  // UVs with v up (OBJ): v = 0 is the bottom row of the texture image
+        albedo = texture(albedo_map, vec3(v_uv.x, 1.0 - v_uv.y, texture_per_sample ? v_sample : 0)).rgb;
+    float lambert = max(dot(n, -normalize(samples[v_sample].light_dir.xyz)), 0.0);
+    vec3 light = samples[v_sample].ambient.rgb + lambert * samples[v_sample].diffuse.rgb;
+    f_color = vec4(clamp(albedo * light, 0.0, 1.0), 1.0);  // premultiplied by full coverage
+}
+"""
+
+_AUX_FS = """#version 450
+layout(std430, binding = 5) readonly buffer FacePart { int face_part[]; };
+uniform bool has_parts;
+in vec3 v_camera;
+in vec3 v_normal;
+in vec2 v_uv;
+flat in int v_sample;
+layout(location = 0) out float f_depth;
+layout(location = 1) out vec4 f_normal;
+layout(location = 2) out float f_part;
+
+void main() {""" + _FACING + """
+    f_depth = v_camera.z;
+    f_normal = vec4(n, 0.0);
+    f_part = has_parts ? float(face_part[gl_PrimitiveID]) : 0.0;
+}
+"""
+
+_FULLSCREEN_VS = """#version 450
+void main() {
+    gl_Position = vec4(vec2(gl_VertexID % 2, gl_VertexID / 2) * 4.0 - 1.0, 0.0, 1.0);
+}
+"""
+
+_RESOLVE_FS = """#version 450
+""" + _STRUCT + """
+uniform sampler2DMS coverage;  // the colour pass: premultiplied colour, supersample^2 texels per pixel
+uniform int msaa;
+uniform ivec2 supersample;
+uniform ivec2 tile_size;
+uniform int columns;
+uniform bool background_image;
+uniform bool background_per_sample;
+uniform sampler2DArray backgrounds;
+layout(location = 0) out vec4 f_color;
+
+void main() {
+    ivec2 pixel = ivec2(gl_FragCoord.xy);
+    ivec2 tile = pixel / tile_size;
+    int s = tile.y * columns + tile.x;
+    vec4 sum = vec4(0.0);
+    for (int y = 0; y < supersample.y; ++y)
+        for (int x = 0; x < supersample.x; ++x)
+            for (int k = 0; k < msaa; ++k)
+                sum += texelFetch(coverage, pixel * supersample + ivec2(x, y), k);
+    vec4 color = sum / float(supersample.x * supersample.y * msaa);
+    vec3 background = samples[s].background.rgb;
+    if (background_image)
+        background = texelFetch(backgrounds, ivec3(pixel - tile * tile_size, background_per_sample ? s : 0), 0).rgb;
+    f_color = vec4(color.rgb + (1.0 - color.a) * background, 1.0);
+}
+"""
+
+
+def _numpy(x: ArrayLike, dtype=np.float32) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    return np.ascontiguousarray(x, dtype=dtype)
+
+
+def _per_sample(x: ArrayLike, B: int, shape: tuple[int, ...], name: str) -> np.ndarray:
+    """Broadcast a shared or per-sample value to (B, *shape)."""
+    x = _numpy(x)
+    try:
+        return np.ascontiguousarray(np.broadcast_to(x, (B, *shape)))
+    except ValueError:
+        raise ValueError(f"{name} has shape {x.shape}; expected {shape} or ({B}, {', '.join(map(str, shape))})"
+                         ) from None
+
+
+def _rgb(x: ArrayLike, B: int, name: str) -> np.ndarray:
+    """A colour or intensity, shared or per sample: scalar, (3,), (B,), (B, 1) or (B, 3) -> (B, 3)."""
+    x = _numpy(x)
+    if x.ndim == 1 and x.shape[0] != 3:
+        x = x[:, None]
+    return _per_sample(x, B, (3,), name)
+
+
+class Renderer:
+    """Draws one mesh topology at one image size; create once, call `render` many times.
+
+    faces (F, 3); image_size H or (H, W); vt (T, 2) / ft (F, 3): UVs (v up) and per-face UV indices for
+    textures; parts: per-vertex labels (V,) or skinning weights (V, J), one label per face (the label with the
+    largest summed weight over the face's corners); samples: antialiasing samples per pixel (MSAA up to the
+    driver's limit, supersampling on top); max_pixels: the largest framebuffer, in samples, drawn at once.
+    """
+
+    def __init__(self, faces: ArrayLike, image_size: int | tuple[int, int], vt: ArrayLike | None = None,
+                 ft: ArrayLike | None = None, parts: ArrayLike | None = None, samples: int = 8,
+                 max_pixels: int = 2 ** 25) -> None:
+        self.ctx = get_context()
+        self.faces = _numpy(faces, np.int32)  # (F, 3)
+        if self.faces.ndim != 2 or self.faces.shape[1] != 3:
+            raise ValueError(f"faces must have shape (F, 3), got {self.faces.shape}")
+        self.num_vertices = int(self.faces.max()) + 1
+        self.height, self.width = (image_size, image_size) if np.isscalar(image_size) else image_size
+        self.msaa, self.supersample = _split_samples(samples, self.ctx.max_samples)
+        self.textured = vt is not None
+        if (vt is None) != (ft is None):
+            raise ValueError("vt and ft come together: give both or neither")
+        corner_uv = np.zeros((3 * len(self.faces), 2), np.float32)
+        if self.textured:
+            corner_uv = _numpy(vt)[_numpy(ft, np.int64).ravel()]
+        self.face_part = None if parts is None else self._face_parts(parts)
+        self.max_pixels = max_pixels
+
+        ctx = self.ctx
+        self._mesh_color = ctx.program(vertex_shader=_MESH_VS, fragment_shader=_COLOR_FS)
+        self._mesh_aux = ctx.program(vertex_shader=_MESH_VS, fragment_shader=_AUX_FS)
+        self._resolve = ctx.program(vertex_shader=_FULLSCREEN_VS, fragment_shader=_RESOLVE_FS)
+        self._vaos = {p: ctx.vertex_array(p, []) for p in (self._mesh_color, self._mesh_aux, self._resolve)}
+        self._corner_vertex = ctx.buffer(self.faces.ravel())
+        self._corner_uv = ctx.buffer(corner_uv)
+        self._face_part_buffer = ctx.buffer(
+            np.zeros(len(self.faces), np.int32) if self.face_part is None else self.face_part.astype(np.int32))
+        self._buffers: dict[str, moderngl.Buffer] = {}
+        self._textures: dict[str, moderngl.Texture] = {}
+        self._framebuffers: dict[str, tuple] = {}
+
+    def _face_parts(self, parts: ArrayLike) -> np.ndarray:
+        parts = _numpy(parts)
+        if parts.ndim == 1:
+            parts = np.eye(int(parts.max()) + 1, dtype=np.float32)[parts.astype(np.int64)]
+        if parts.shape[0] != self.num_vertices:
+            raise ValueError(f"parts has {parts.shape[0]} rows, the mesh has {self.num_vertices} vertices")
+        face_part = parts[self.faces].sum(axis=1).argmax(axis=1)  # (F,)
+        if face_part.max() > np.iinfo(np.int16).max:
+            raise ValueError(f"at most {np.iinfo(np.int16).max + 1} part labels (int16 output)")
+        return face_part
+
+    def render(self, vertices: ArrayLike, camera: WeakPerspective | Perspective, texture: ArrayLike | None = None,
+               color: ArrayLike = SKIN, background: ArrayLike = (0.0, 0.0, 0.0), light: Light | None = None,
+               outputs: tuple[str, ...] = ("image",)) -> dict[str, np.ndarray]:
+        """Render vertices (B, V, 3) (numpy or torch, any device) -> {output name: (B, H, W, ...) array}.
+
+        camera: WeakPerspective or Perspective, per sample or shared. texture: (Ht, Wt, 3) or (B, Ht, Wt, 3)
+        uint8 through the UVs; color: albedo without texture, (3,) or (B, 3) in [0, 1]; background: a colour
+        (3,) / (B, 3) in [0, 1] or an image (H, W, 3) / (B, H, W, 3) uint8; light: Light (default Light()).
+        """
+        unknown = set(outputs) - set(OUTPUTS)
+        if unknown:
+            raise ValueError(f"unknown outputs {sorted(unknown)}; choose from {OUTPUTS}")
+        if "parts" in outputs and self.face_part is None:
+            raise ValueError("'parts' needs a Renderer made with parts= (labels or skinning weights)")
+        if texture is not None and not self.textured:
+            raise ValueError("a texture needs a Renderer made with vt= and ft=")
+        verts = _numpy(vertices)
+        if verts.ndim == 2:
+            verts = verts[None]
+        if verts.ndim != 3 or verts.shape[1:] != (self.num_vertices, 3):
+            raise ValueError(f"vertices must have shape (B, {self.num_vertices}, 3), got {tuple(verts.shape)}")
+        B = len(verts)
+        view, proj = self._camera_matrices(camera, verts)
+        light = Light() if light is None else light
+        direction = _per_sample(light.direction, B, (3,), "light.direction")
+        background_image = None
+        if np.ndim(background) >= 3:
+            background_image = _images(background, B, (self.height, self.width), "background")
+            background = 0.0
+        block = np.zeros((B, _SAMPLE_FLOATS), np.float32)
+        block[:, 0:16] = view.transpose(0, 2, 1).reshape(B, 16)  # GLSL matrices are column major
+        block[:, 16:32] = proj.transpose(0, 2, 1).reshape(B, 16)
+        for k, value in enumerate((direction, _rgb(light.diffuse, B, "light.diffuse"),
+                                   _rgb(light.ambient, B, "light.ambient"), _rgb(color, B, "color"),
+                                   _rgb(background, B, "background"))):
+            block[:, 32 + 4 * k: 35 + 4 * k] = value
+        normals = vertex_normals(verts, self.faces)
+
+        if texture is not None:
+            self._upload_images("albedo", _images(texture, B, None, "texture"), mipmaps=True)
+        if background_image is not None:
+            self._upload_images("background", background_image, mipmaps=False)
+
+        H, W = self.height, self.width
+        result = {"image": np.empty((B, H, W, 3), np.uint8)} if "image" in outputs else {}
+        aux = [name for name in ("mask", "depth", "normals", "parts") if name in outputs]
+        if aux:
+            result["depth"] = np.empty((B, H, W), np.float32)
+            if "normals" in outputs:
+                result["normals"] = np.empty((B, H, W, 3), np.float32)
+            if "parts" in outputs:
+                result["parts"] = np.empty((B, H, W), np.int16)
+
+        per_tile = H * W * (self.msaa * self.supersample[0] * self.supersample[1] if "image" in outputs else 1)
+        chunk = max(1, min(B, self.max_pixels // per_tile, self._max_tiles()))
+        chunks = math.ceil(B / chunk)
+        chunk = math.ceil(B / chunks)  # balanced chunks share one framebuffer
+        columns = math.ceil(math.sqrt(chunk))
+        rows = math.ceil(chunk / columns)
+        for start in range(0, B, chunk):
+            stop = min(start + chunk, B)
+            self._upload_chunk(verts[start:stop], normals[start:stop], block[start:stop], rows * columns)
+            if "image" in outputs:
+                self._draw_color(stop - start, rows, columns, texture, background_image, start, result["image"])
+            if aux:
+                self._draw_aux(stop - start, rows, columns, outputs, start, result)
+        if "mask" in outputs:
+            result["mask"] = np.isfinite(result["depth"])
+        if "depth" not in outputs and "depth" in result:
+            del result["depth"]
+        return result
+
+    def _camera_matrices(self, camera: WeakPerspective | Perspective, verts: np.ndarray):
+        """Per-sample world -> camera (B, 4, 4) and camera -> clip (B, 4, 4) matrices (clip y down, like pixels)."""
+        B = len(verts)
+        view = np.tile(np.eye(4, dtype=np.float32), (B, 1, 1))
+        if isinstance(camera, Perspective):
+            if camera.R is not None:
+                view[:, :3, :3] = _per_sample(camera.R, B, (3, 3), "camera.R")
+            if camera.t is not None:
+                view[:, :3, 3] = _per_sample(camera.t, B, (3,), "camera.t")
+        elif not isinstance(camera, WeakPerspective):
+            raise TypeError(f"camera must be WeakPerspective or Perspective, got {type(camera).__name__}")
+        z = np.einsum("bj,bvj->bv", view[:, 2, :3], verts) + view[:, 2, 3, None]  # camera-space z (B, V)
+        z_min, z_max = z.min(axis=1), z.max(axis=1)
+        proj = np.zeros((B, 4, 4), np.float32)
+        if isinstance(camera, WeakPerspective):
+            s, tx, ty = _per_sample(camera.cam, B, (3,), "camera.cam").T
+            pad = 0.01 * (z_max - z_min) + 1e-4
+            near, far = z_min - pad, z_max + pad
+            proj[:, 0, 0], proj[:, 0, 3] = s, tx
+            proj[:, 1, 1], proj[:, 1, 3] = s, ty
+            proj[:, 2, 2], proj[:, 2, 3] = 2 / (far - near), -(far + near) / (far - near)
+            proj[:, 3, 3] = 1
+        else:
+            K = _per_sample(camera.K, B, (3, 3), "camera.K")
+            if not np.allclose(K[:, 2], [0, 0, 1]):
+                raise ValueError("camera.K must have last row (0, 0, 1)")
+            far = np.maximum(z_max * 1.01, 1e-3)
+            near = np.where(z_min > 0, z_min * 0.99, far * 1e-3)
+            # pixels -> [-1, 1] as handlib.camera.pixels_to_normalized: x_n = (x_px + 0.5) * 2 / W - 1
+            size = np.array([self.width, self.height], np.float32)
+            proj[:, :2, :3] = 2 / size[None, :, None] * (K[:, :2] + 0.5 * K[:, 2:3]) - K[:, 2:3]
+            proj[:, 2, 2], proj[:, 2, 3] = (far + near) / (far - near), -2 * far * near / (far - near)
+            proj[:, 3, 2] = 1
+        return view, proj
+
+    def _max_tiles(self) -> int:
+        limit = self.ctx.info["GL_MAX_TEXTURE_SIZE"]
+        sx, sy = self.supersample
+        return max(1, limit // (self.width * sx)) * max(1, limit // (self.height * sy))
+
+    def _buffer(self, name: str, data: np.ndarray) -> moderngl.Buffer:
+        """A reused buffer holding data (grown when too small)."""
+        buffer = self._buffers.get(name)
+        if buffer is None or buffer.size < data.nbytes:
+            if buffer is not None:
+                buffer.release()
+            buffer = self._buffers[name] = self.ctx.buffer(reserve=max(data.nbytes, 16))
+        buffer.write(np.ascontiguousarray(data))
+        return buffer
+
+    def _upload_chunk(self, verts: np.ndarray, normals: np.ndarray, block: np.ndarray, tiles: int) -> None:
+        padded = np.zeros((tiles, _SAMPLE_FLOATS), np.float32)  # tiles left empty read zeros
+        padded[:len(block)] = block
+        self._buffer("positions", verts).bind_to_storage_buffer(0)
+        self._buffer("normals", normals).bind_to_storage_buffer(1)
+        self._corner_vertex.bind_to_storage_buffer(2)
+        self._corner_uv.bind_to_storage_buffer(3)
+        self._buffer("samples", padded).bind_to_storage_buffer(4)
+        self._face_part_buffer.bind_to_storage_buffer(5)
+
+    def _upload_images(self, name: str, images: np.ndarray, mipmaps: bool) -> None:
+        """Upload (L, H, W, 3) uint8 images into a reused texture array."""
+        L, h, w, _ = images.shape
+        texture = self._textures.get(name)
+        if texture is None or texture.size != (w, h, L):
+            if texture is not None:
+                texture.release()
+            texture = self._textures[name] = self.ctx.texture_array((w, h, L), 3)
+        texture.write(images)
+        if mipmaps:
+            texture.build_mipmaps()
+            texture.filter = (moderngl.LINEAR_MIPMAP_LINEAR, moderngl.LINEAR)
+        texture.repeat_x = texture.repeat_y = False
+
+    def _framebuffer(self, kind: str, rows: int, columns: int) -> tuple:
+        """Reused framebuffers for a (rows x columns) tiling."""
+        key = (kind, rows, columns)
+        if key in self._framebuffers:
+            return self._framebuffers[key]
+        for old in [k for k in self._framebuffers if k[0] == kind]:
+            for obj in self._framebuffers.pop(old):
+                obj.release()
+        ctx, W, H = self.ctx, columns * self.width, rows * self.height
+        if kind == "color":
+            sx, sy = self.supersample
+            samples = self.msaa
+            coverage = ctx.texture((W * sx, H * sy), 4, samples=samples)
+            depth = ctx.depth_renderbuffer((W * sx, H * sy), samples=samples)
+            out = ctx.renderbuffer((W, H), 4)
+            objects = (ctx.framebuffer([coverage], depth), ctx.framebuffer([out]), coverage, depth, out)
+        else:
+            depth_tex = ctx.texture((W, H), 1, dtype="f4")
+            normal_tex = ctx.texture((W, H), 4, dtype="f2")
+            part_tex = ctx.texture((W, H), 1, dtype="f4")  # exact integers up to 2^24
+            depth = ctx.depth_renderbuffer((W, H))
+            objects = (ctx.framebuffer([depth_tex, normal_tex, part_tex], depth), ctx.framebuffer([depth_tex]),
+                       ctx.framebuffer([normal_tex]), ctx.framebuffer([part_tex]), depth_tex, normal_tex,
+                       part_tex, depth)
+        self._framebuffers[key] = objects
+        return objects
+
+    def _mesh_state(self, program: moderngl.Program, columns: int, rows: int) -> None:
+        program["num_vertices"] = self.num_vertices
+        program["columns"] = columns
+        program["tile_scale"] = (1 / columns, 1 / rows)
+        self.ctx.enable(moderngl.DEPTH_TEST)
+        self.ctx.disable(moderngl.CULL_FACE | moderngl.BLEND)
+        self.ctx.front_face = "cw"  # clip y is down (as in the image), which mirrors the winding
+        for k in range(4):
+            self.ctx.enable_direct(0x3000 + k)  # GL_CLIP_DISTANCE0 + k
+
+    def _draw_color(self, n: int, rows: int, columns: int, texture, background_image, start: int,
+                    out: np.ndarray) -> None:
+        msaa_fbo, out_fbo, coverage, _, _ = self._framebuffer("color", rows, columns)
+        program = self._mesh_color
+        msaa_fbo.use()
+        msaa_fbo.clear(0.0, 0.0, 0.0, 0.0, depth=1.0)
+        self._mesh_state(program, columns, rows)
+        program["textured"] = texture is not None
+        if texture is not None:
+            program["texture_per_sample"] = self._textures["albedo"].size[2] > 1
+            program["albedo_map"] = 0
+            self._textures["albedo"].use(0)
+        self._vaos[program].render(moderngl.TRIANGLES, vertices=3 * len(self.faces), instances=n)
+
+        resolve = self._resolve
+        out_fbo.use()
+        self.ctx.disable(moderngl.DEPTH_TEST)
+        resolve["coverage"] = 1
+        coverage.use(1)
+        resolve["msaa"] = max(self.msaa, 1)
+        resolve["supersample"] = self.supersample
+        resolve["tile_size"] = (self.width, self.height)
+        resolve["columns"] = columns
+        resolve["background_image"] = background_image is not None
+        if background_image is not None:
+            resolve["background_per_sample"] = self._textures["background"].size[2] > 1
+            resolve["backgrounds"] = 2
+            self._textures["background"].use(2)
+        self._vaos[resolve].render(moderngl.TRIANGLES, vertices=3)
+        atlas = np.empty((rows * self.height, columns * self.width, 3), np.uint8)
+        out_fbo.read_into(atlas, components=3)
+        out[start:start + n] = _untile(atlas, rows, columns, n)
+
+    def _draw_aux(self, n: int, rows: int, columns: int, outputs, start: int, result: dict) -> None:
+        fbo, depth_fbo, normal_fbo, part_fbo, *_ = self._framebuffer("aux", rows, columns)
+        fbo.clear(0.0, 0.0, 0.0, 0.0, depth=1.0)  # clears the normals too
+        depth_fbo.clear(math.inf, 0.0, 0.0, 0.0)
+        part_fbo.clear(-1.0, 0.0, 0.0, 0.0)
+        fbo.use()
+        program = self._mesh_aux
+        self._mesh_state(program, columns, rows)
+        program["has_parts"] = self.face_part is not None
+        self._vaos[program].render(moderngl.TRIANGLES, vertices=3 * len(self.faces), instances=n)
+        H, W = rows * self.height, columns * self.width
+        depth = np.empty((H, W, 1), np.float32)
+        depth_fbo.read_into(depth, components=1, dtype="f4")
+        result["depth"][start:start + n] = _untile(depth, rows, columns, n)[..., 0]
+        if "normals" in outputs:
+            normals = np.empty((H, W, 3), np.float16)
+            normal_fbo.read_into(normals, components=3, dtype="f2")
+            result["normals"][start:start + n] = _untile(normals, rows, columns, n)
+        if "parts" in outputs:
+            parts = np.empty((H, W, 1), np.float32)
+            part_fbo.read_into(parts, components=1, dtype="f4")
+            result["parts"][start:start + n] = _untile(parts, rows, columns, n)[..., 0]
+
+    def release(self) -> None:
+        """Free this renderer's GL objects now (they are otherwise freed with the context)."""
+        objects = [self._mesh_color, self._mesh_aux, self._resolve, *self._vaos.values(), self._corner_vertex,
+                   self._corner_uv, self._face_part_buffer, *self._buffers.values(), *self._textures.values()]
+        for fbo_objects in self._framebuffers.values():
+            objects.extend(fbo_objects)
+        for obj in objects:
+            obj.release()
+        self._buffers, self._textures, self._framebuffers = {}, {}, {}
+
+
+def _split_samples(samples: int, max_msaa: int) -> tuple[int, tuple[int, int]]:
+    """Samples per pixel -> (MSAA samples, (supersample x, supersample y)); supersampling covers the rest."""
+    if samples < 1 or samples & (samples - 1):
+        raise ValueError(f"samples must be a power of two, got {samples}")
+    msaa = min(samples, max(max_msaa, 1))
+    rest = samples // msaa
+    sy = 2 ** (int(math.log2(rest)) // 2)
+    return msaa, (rest // sy, sy)
+
+
+def _images(x: ArrayLike, B: int, size: tuple[int, int] | None, name: str) -> np.ndarray:
+    """(h, w, 3) or (B, h, w, 3) uint8 -> (L, h, w, 3) with L = 1 (shared) or B."""
+    x = _numpy(x, np.uint8)
+    if x.ndim == 3:
+        x = x[None]
+    if x.ndim != 4 or x.shape[-1] != 3 or x.shape[0] not in (1, B):
+        raise ValueError(f"{name} must be (h, w, 3) or ({B}, h, w, 3) uint8, got {x.shape}")
+    if size is not None and x.shape[1:3] != size:
+        raise ValueError(f"{name} images are {x.shape[1:3]}, the renderer draws {size} (H, W)")
+    return x
+
+
+def _untile(atlas: np.ndarray, rows: int, columns: int, n: int) -> np.ndarray:
+    """(rows * H, columns * W, C) -> (n, H, W, C), tiles in row-major order."""
+    H, W, C = atlas.shape[0] // rows, atlas.shape[1] // columns, atlas.shape[2]
+    return atlas.reshape(rows, H, columns, W, C).transpose(0, 2, 1, 3, 4).reshape(rows * columns, H, W, C)[:n]
