@@ -133,3 +133,17 @@ def read_openpose_json(json_path: str | os.PathLike, side: str | None = None) ->
             if keypoints[:, 2].max() > 0:
                 found.append(Detection(keypoints, s, float(keypoints[:, 2].mean())))
     return max(found, key=lambda d: d.score) if found else None
+
+
+DETECTORS = ("mediapipe", "openpose")
+
+
+def make_detector(name: str, openpose_json_dir: str | os.PathLike | None = None) -> Detector:
+    """A detector by name: "mediapipe", or "openpose" (reading OpenPose's JSON files in `openpose_json_dir`)."""
+    if name == "mediapipe":
+        return MediaPipeDetector()
+    if name == "openpose":
+        if openpose_json_dir is None:
+            raise ValueError("the openpose detector reads OpenPose's --write_json output: give openpose_json_dir")
+        return OpenPoseJsonDetector(openpose_json_dir)
+    raise ValueError(f"unknown detector {name!r}; choose from {DETECTORS}")

@@ -5,16 +5,21 @@ in pass 1. Every decision and undo is appended to a JSON-lines file at once, so 
 kernel loses nothing: a new `Review` on the same file replays it and goes on where it stopped.
 """
 
+import io
 import json
 import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from PIL import Image, ImageDraw
+
 from handlib.io import recover_jsonl
+from handlib.joints import OPENPOSE_PARENTS
 
 PASSES = {1: "wrist and image quality", 2: "fingers"}
 DECISIONS = ("accept", "reject")
+FINGER_COLOURS = [(230, 60, 60), (240, 170, 0), (40, 180, 60), (30, 140, 230), (170, 70, 220)]  # thumb..pinky
 
 
 class Review:
@@ -185,6 +190,33 @@ def in_jupyter_frontend() -> bool:
     papermill and nbval start kernels themselves, without a server session.
     """
     return "JPY_SESSION_NAME" in os.environ
+
+
+def picture(path: str | os.PathLike, keypoints, pass_number: int, width: int = 800) -> bytes:
+    """PNG bytes of the image scaled to `width`, keypoints (21, 2+) drawn for the pass: pass 1 the wrist (large)
+    and the palm (wrist to each finger's base), pass 2 the whole skeleton."""
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+    scale = width / im.width
+    im = im.resize((width, round(im.height * scale)), Image.Resampling.BILINEAR)
+    xy = [(x * scale, y * scale) for x, y, *_ in keypoints]
+    d = ImageDraw.Draw(im)
+    radius = max(2, width // 200)
+    if pass_number == 1:
+        for k in (1, 5, 9, 13, 17):  # each finger's first joint
+            d.line([xy[0], xy[k]], fill=(0, 160, 255), width=radius)
+        x, y = xy[0]
+        d.ellipse([x - 4 * radius, y - 4 * radius, x + 4 * radius, y + 4 * radius], outline=(255, 0, 0), width=radius)
+    else:
+        for k, parent in enumerate(OPENPOSE_PARENTS):
+            colour = FINGER_COLOURS[(k - 1) // 4] if k else (255, 0, 0)
+            if parent >= 0:
+                d.line([xy[parent], xy[k]], fill=colour, width=radius)
+            x, y = xy[k]
+            d.ellipse([x - radius, y - radius, x + radius, y + radius], fill=colour)
+    out = io.BytesIO()
+    im.save(out, format="PNG")
+    return out.getvalue()
 
 
 def review_app(review: Review, render: Callable[[str, int], bytes]):
