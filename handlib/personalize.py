@@ -103,7 +103,8 @@ def crop_box(keypoints: np.ndarray, border: float = CROP_BORDER) -> np.ndarray:
     xy = keypoints[keypoints[:, 2] > 0, :2]
     lo, hi = xy.min(0), xy.max(0)
     size = float((hi - lo).max()) * (1 + border)
-    return np.array([*((lo + hi) / 2 - size / 2), size])
+    # pixel centres are integers: the box's edge lies half a pixel before its first pixel x0
+    return np.array([*((lo + hi) / 2 - size / 2 + 0.5), size])
 
 
 def prepare_photo(path: str | os.PathLike, detector: Detector, side: str | None = None) -> Photo:
@@ -353,15 +354,48 @@ def _parameters(model, photos, fit, fitted_px, betas, problems) -> dict:
     }
 
 
+class NetworkDetector:
+    """Our network as the keypoint detector: a first pass on the whole photo (squared), a second on the crop
+    around the first pass's keypoints. It needs the side: the network takes it as an input."""
+    name = "network"
+
+    def __init__(self, net, image_size: int, border: float = CROP_BORDER):
+        self.net, self.size, self.border = net.eval(), image_size, border
+
+    def detect(self, path: Path, side: str | None = None) -> Detection | None:
+        if side is None:
+            raise ValueError("the network detector needs the hand's side: give it (right or left)")
+        image = read_photo(path)
+        h, w = image.shape[:2]
+        box = np.array([(w - max(h, w)) / 2, (h - max(h, w)) / 2, max(h, w)])
+        for _ in range(2):
+            xy = self.predict(image, box, side)
+            box = crop_box(np.c_[xy, np.ones(21)], self.border)
+        return Detection(np.c_[xy, np.ones(21)], None, 1.0)
+
+    @torch.no_grad()
+    def predict(self, image: np.ndarray, box: np.ndarray, side: str):
+        """Keypoints (21, 2) in photo pixels predicted from the crop `box` of `image`."""
+        from handlib.loader import warp
+
+        scale = self.size / box[2]
+        affine = np.array([[scale, 0, (0.5 - box[0]) * scale - 0.5], [0, scale, (0.5 - box[1]) * scale - 0.5]])
+        crop = torch.tensor(warp(image, affine, self.size), dtype=torch.float32).permute(2, 0, 1) / 127.5 - 1
+        pred = self.net(crop[None], torch.tensor([("right", "left").index(side)]))[-1]
+        xy = camera.normalized_to_pixels(pred.keypoints2d[0].double(), self.size, self.size).numpy()
+        return (xy + 0.5) / scale - 0.5 + box[:2]
+
+
 def make_detector(spec: str) -> Detector:
-    """'mediapipe' or 'openpose:<folder of OpenPose --write_json output>'."""
+    """'mediapipe', 'openpose:<folder of OpenPose --write_json output>' or 'network:<training run folder>'."""
     from handlib import keypoints
 
-    if spec == "mediapipe":
-        return keypoints.MediaPipeDetector()
-    if spec.startswith("openpose:"):
-        return keypoints.OpenPoseJsonDetector(spec.split(":", 1)[1])
-    raise ValueError(f"unknown detector {spec!r}: use 'mediapipe' or 'openpose:<json folder>'")
+    name, _, arg = spec.partition(":")
+    if name == "network":
+        from handlib.evaluate import config_of
+        from handlib.train import load_network
+        return NetworkDetector(load_network(arg), config_of(arg)["image_size"])
+    return keypoints.make_detector(name, arg or None)
 
 
 def add_arguments(parser) -> None:
@@ -369,7 +403,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--sides", help="comma-separated side per photo: right, left or auto (the detector's); "
                                         "one value applies to all photos")
-    parser.add_argument("--detector", default="mediapipe", help="mediapipe, or openpose:<json folder>")
+    parser.add_argument("--detector", default="mediapipe",
+                        help="mediapipe, openpose:<json folder>, or network:<training run folder>")
     parser.add_argument("--texture-size", type=int, default=TEXTURE_SIZE)
 
 

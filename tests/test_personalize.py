@@ -128,3 +128,28 @@ def test_projected_texture_recovers_the_texture_the_photo_was_rendered_with():
 def personalize_light():
     from handlib.render import Light
     return Light(direction=(0.0, 0.0, 1.0), diffuse=0.0, ambient=1.0)  # unshaded: colours come out as given
+
+
+class DarkSpotNet(torch.nn.Module):
+    """A stand-in network: 21 keypoints spread around the centroid of the dark pixels of its crop."""
+    spread = torch.tensor(np.random.default_rng(0).uniform(-0.2, 0.2, (21, 2)))
+    spread = spread - spread.mean(0)
+
+    def forward(self, images, side):
+        dark = images[0].mean(0) < 0  # (H, W)
+        ys, xs = torch.nonzero(dark, as_tuple=True)
+        size = images.shape[-1]
+        centre = camera.pixels_to_normalized(torch.stack([xs, ys], 1).double().mean(0), size, size)
+        return [type("P", (), {"keypoints2d": (centre + self.spread)[None]})]
+
+
+def test_network_detector_finds_the_hand_through_two_crops(tmp_path):
+    image = np.full((300, 400, 3), 255, np.uint8)
+    image[180:200, 250:270] = 0  # the "hand": centre (259.5, 189.5) in pixel-centre coordinates
+    path = tmp_path / "spot.png"
+    Image.fromarray(image).save(path)
+    detector = personalize.NetworkDetector(DarkSpotNet(), image_size=64)
+    found = detector.detect(path, "left")
+    np.testing.assert_allclose(found.keypoints[:, :2].mean(0), [259.5, 189.5], atol=1.5)
+    with pytest.raises(ValueError, match="needs the hand's side"):
+        detector.detect(path)
