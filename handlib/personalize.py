@@ -378,8 +378,13 @@ class NetworkDetector:
         """Keypoints (21, 2) in photo pixels predicted from the crop `box` of `image`."""
         from handlib.loader import warp
 
+        h, w = image.shape[:2]
+        # a box beyond the photo gets the photo's edge colours (the warp alone would fill it black)
+        pad = int(np.ceil(max(0.0, -box[0], -box[1], box[0] + box[2] - w, box[1] + box[2] - h))) + 1
+        image = np.pad(image, ((pad, pad), (pad, pad), (0, 0)), mode="edge")
         scale = self.size / box[2]
-        affine = np.array([[scale, 0, (0.5 - box[0]) * scale - 0.5], [0, scale, (0.5 - box[1]) * scale - 0.5]])
+        x0, y0 = box[0] + pad, box[1] + pad
+        affine = np.array([[scale, 0, (0.5 - x0) * scale - 0.5], [0, scale, (0.5 - y0) * scale - 0.5]])
         crop = torch.tensor(warp(image, affine, self.size), dtype=torch.float32).permute(2, 0, 1) / 127.5 - 1
         pred = self.net(crop[None], torch.tensor([("right", "left").index(side)]))[-1]
         xy = camera.normalized_to_pixels(pred.keypoints2d[0].double(), self.size, self.size).numpy()
