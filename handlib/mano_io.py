@@ -91,21 +91,21 @@ class _MANOUnpickler(pickle.Unpickler):
             "scipy.sparse matrices and chumpy arrays, and this pickle names something else (it may run code)")
 
 
-def _evaluate(value: Any, key: str, path: Path) -> Any:
+def _evaluate(value: Any) -> Any:
     """A stub as the value chumpy or scipy would give; anything else unchanged."""
     if not isinstance(value, _Stub):
         return value
     state = value.state
     if value.kind == "chumpy.ch.Ch":
-        return np.asarray(_evaluate(state["x"], key, path))
+        return np.asarray(_evaluate(state["x"]))
     if value.kind == "chumpy.reordering.Select":  # chumpy's Select.compute_r
-        out = np.asarray(_evaluate(state["a"], key, path)).ravel()[state["idxs"]]
+        out = np.asarray(_evaluate(state["a"])).ravel()[state["idxs"]]
         return out.reshape(state["preferred_shape"]) if "preferred_shape" in state else out
     if value.kind.endswith(("csc_matrix", "csr_matrix")):
         shape = state.get("_shape", state.get("shape"))
         matrix = scipy.sparse.csc_matrix if value.kind.endswith("csc_matrix") else scipy.sparse.csr_matrix
         return matrix((state["data"], state["indices"], state["indptr"]), shape=tuple(shape))
-    raise ValueError(f"{path}: key {key!r} is a {value.kind}, which handlib cannot evaluate without chumpy")
+    raise ValueError(f"it is a {value.kind}, which handlib cannot evaluate without chumpy")
 
 
 def _read_pickle(path: Path) -> dict:
@@ -121,10 +121,10 @@ def _read_pickle(path: Path) -> dict:
     params = {}
     for key, value in data.items():
         try:
-            params[str(key)] = _evaluate(value, key, path)
-        except ValueError:
-            if key in REQUIRED_KEYS:
-                raise  # an unevaluable optional key (a derived chumpy expression) is dropped
+            params[str(key)] = _evaluate(value)
+        except (ValueError, KeyError, IndexError, TypeError) as e:
+            if key in REQUIRED_KEYS:  # an unevaluable optional key (a derived chumpy expression) is dropped
+                raise ValueError(f"{path}: cannot read key {key!r} ({type(e).__name__}: {e})") from e
     return params
 
 
@@ -145,7 +145,7 @@ def _read_npz(path: Path) -> dict:
                         value = _MANOUnpickler(f, path).load()
                 if value.dtype.kind in "OU" and value.shape == ():
                     value = value[()]
-                params[key] = _evaluate(str(value) if isinstance(value, str) else value, key, path)
+                params[key] = _evaluate(str(value) if isinstance(value, str) else value)
     except (zipfile.BadZipFile, ValueError, OSError, KeyError) as e:
         if str(e).startswith(str(path)):
             raise

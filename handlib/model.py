@@ -98,8 +98,8 @@ def lbs(betas: Tensor, pose: Tensor, v_template: Tensor, blend_dirs: Tensor, J_t
 
     world_rot, world_pos = forward_kinematics(rot_mats, rest_joints, bones)
     # Skinning transform of joint j: x ↦ G_j (x − J_j), i.e. rotation R_j and translation t_j − R_j J_j.
-    transl = world_pos - (world_rot @ rest_joints[..., None]).squeeze(-1)
-    transforms = torch.cat([world_rot.view(batch, 16, 9), transl], 2)  # (B, 16, 12)
+    skin_transl = world_pos - (world_rot @ rest_joints[..., None]).squeeze(-1)
+    transforms = torch.cat([world_rot.view(batch, 16, 9), skin_transl], 2)  # (B, 16, 12)
     rot, transl = (lbs_weights @ transforms).split([9, 3], 2)  # Σ_j w_vj [R_j | t_j]: (B, V, 9), (B, V, 3)
     vertices = (rot.view(batch, -1, 3, 3) @ v_posed).squeeze(-1) + transl
     return vertices, world_pos
@@ -125,14 +125,14 @@ def _check_params(params: dict) -> None:
         "hands_components": (None, 3 * (NUM_JOINTS - 1)),
         "hands_mean": (3 * (NUM_JOINTS - 1),),
     }
-    parents = [int(p) for p in np.asarray(params["kintree_table"])[0, 1:]]
-    if np.shape(params["kintree_table"]) == (2, NUM_JOINTS) and parents != MANO_PARENTS[1:]:
-        raise ValueError(f"kintree_table parents {parents} are not MANO's {MANO_PARENTS[1:]} (joints 1..15)")
     for key, shape in expected.items():
         got = np.shape(params[key])
         if len(got) != len(shape) or any(s is not None and s != g for s, g in zip(shape, got)):
             want = tuple("*" if s is None else s for s in shape)
             raise ValueError(f"hand model parameter {key!r} has shape {got}, expected {want}")
+    parents = [int(p) for p in np.asarray(params["kintree_table"])[0, 1:]]
+    if parents != MANO_PARENTS[1:]:
+        raise ValueError(f"kintree_table parents {parents} are not MANO's {MANO_PARENTS[1:]} (joints 1..15)")
 
 
 def find_mano(side: str = "right") -> Path | None:
