@@ -215,9 +215,9 @@ def write_glb(path: str | Path, rig: Rig, **kw) -> None:
 
 
 def write_obj(path: str | Path, rig: Rig, vertices: np.ndarray | None = None,
-              texture: Image.Image | None = None) -> None:
+              texture: Image.Image | None = None) -> list[Path]:
     """An OBJ of the rig's mesh (or of `vertices` (V, 3), e.g. a posed hand) with UVs, an MTL file and the
-    texture as PNG beside it, all written atomically."""
+    texture as PNG beside it (when the rig has UVs), all written atomically; returns the paths written."""
     path = Path(path)
     ids, faces, uv = rig.unwelded()
     verts = rig.vertices if vertices is None else np.asarray(vertices, np.float64)
@@ -228,6 +228,7 @@ def write_obj(path: str | Path, rig: Rig, vertices: np.ndarray | None = None,
     mesh = trimesh.Trimesh(verts[ids], faces, visual=visual, process=False)
     text, files = trimesh.exchange.obj.export_obj(mesh, return_texture=True, mtl_name=path.stem + ".mtl",
                                                  header=None)
+    written = []
     for name, data in sorted(files.items()):
         if name.endswith(".mtl"):  # trimesh names the texture after the material: use ours
             data = data.replace(b"material_0.png", f"{path.stem}.png".encode())
@@ -235,7 +236,9 @@ def write_obj(path: str | Path, rig: Rig, vertices: np.ndarray | None = None,
         elif name.endswith(".png"):
             name = path.stem + ".png"
         atomic_write_bytes(path.with_name(name), data)
+        written.append(path.with_name(name))
     atomic_write_text(path, text)
+    return [path, *written]
 
 
 def _rgb(color: list[float]) -> tuple[int, int, int]:

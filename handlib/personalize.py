@@ -8,6 +8,8 @@ write the files. A photo that fails is named with its problem and left out; the 
 The same input gives the same files.
 """
 
+import importlib
+import importlib.util
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +25,11 @@ from handlib.keypoints import Detection, Detector
 from handlib.model import HandModel
 from handlib.render import Renderer, WeakPerspective
 from handlib.rotations import mirror_axis_angle
+
+# triton (loaded by torch's first optimizer, through torch._dynamo) crashes the process with a segfault when it
+# loads after Mesa llvmpipe's OpenGL context (two LLVMs); loaded first, both work. Fitting follows rendering here.
+if importlib.util.find_spec("triton") is not None:
+    importlib.import_module("triton")
 
 MIN_PHOTO_SIDE = 64   # pixels on the photo's short side
 MIN_HAND_SIDE = 32    # pixels: the detected keypoints' box
@@ -308,8 +315,7 @@ def personalize(photos: list[str | os.PathLike], out_dir: str | os.PathLike, det
         side_poses = poses if side == "right" else mirror_axis_angle(torch.as_tensor(poses)).numpy()
         export.write_glb(out_dir / f"hand_{side}.glb", rig, texture=tex_image, poses=side_poses)
         files.append(out_dir / f"hand_{side}.glb")
-    export.write_obj(out_dir / "hand_right.obj", export.Rig.from_model(model, betas), texture=tex_image)
-    files += [out_dir / "hand_right.obj", out_dir / "hand_right.mtl"]
+    files += export.write_obj(out_dir / "hand_right.obj", export.Rig.from_model(model, betas), texture=tex_image)
 
     fitted_px = []
     for i, (photo, cam) in enumerate(zip(usable, cams)):

@@ -1,9 +1,15 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from handlib import camera, personalize
+from handlib import camera, fitting, personalize
 from handlib.keypoints import Detection
 from handlib.model import HandModel
 from handlib.render import Renderer, WeakPerspective
@@ -153,3 +159,73 @@ def test_network_detector_finds_the_hand_through_two_crops(tmp_path):
     np.testing.assert_allclose(found.keypoints[:, :2].mean(0), [259.5, 189.5], atol=1.5)
     with pytest.raises(ValueError, match="needs the hand's side"):
         detector.detect(path)
+
+
+def _keypoints_px(model, betas, hand_pose, orient, cam, box):
+    """Pixels of a model's keypoints under a weak perspective `cam` over the square `box` (x0, y0, size)."""
+    out = model(torch.tensor(betas[None]), torch.tensor(hand_pose[None]), torch.tensor(orient[None]))
+    xy = camera.weak_perspective(out.keypoints, torch.tensor(cam[None]))[0]
+    return camera.normalized_to_pixels(xy, box[2], box[2]).numpy() + box[:2]
+
+
+def end_to_end_case(folder, out_name="out", quick=False):
+    """Two photos (a right and a left hand of one toy person, keypoints as a detector would give them) and an
+    empty file, personalised into folder/out_name; returns (result, models, true keypoints per photo)."""
+    from toy_hand import toy_params
+
+    folder = Path(folder)
+    models = {s: HandModel(toy_params(side=s), side=s).double() for s in ("right", "left")}
+    rng = np.random.default_rng(5)
+    betas = rng.normal(size=10) * 0.8
+    photos, answers, truth = [], {}, {}
+    for name, side in (("a_right", "right"), ("b_left", "left")):
+        hand_pose = rng.normal(size=45) * 0.15
+        orient = np.array([0.2, -0.3, 0.4])
+        box, cam = np.array([20.0, 30.0, 180.0]), np.array([7.0, 0.05, -0.1])
+        kp = _keypoints_px(models[side], betas, hand_pose, orient, cam, box)
+        path = _photo(folder / f"{name}.png", size=300)
+        answers[str(path)] = Detection(np.c_[kp, np.ones(21)], side, 0.9)
+        truth[name] = kp
+        photos.append(path)
+    bad = folder / "c_bad.jpg"
+    bad.write_bytes(b"")
+    photos.append(bad)
+    config = personalize.FIT if not quick else fitting.FitConfig(pose_iters=5, shape_iters=3, both_iters=5)
+    result = personalize.personalize(photos, folder / out_name, FixedDetector(answers), models=models,
+                                     config=config, log=lambda m: None)
+    return result, models, truth
+
+
+def test_personalize_end_to_end_left_and_right_photos_shared_beta(tmp_path):
+    result, models, truth = end_to_end_case(tmp_path)
+    out, bad = tmp_path / "out", tmp_path / "c_bad.jpg"
+    assert list(result.problems) == [str(bad)] and "the file is empty" in result.problems[str(bad)]
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["fit_00_a_right.png", "fit_01_b_left.png", "hand_left.glb", "hand_right.glb",
+                     "hand_right.obj", "parameters.json"]  # the toy hand has no UVs: no texture, no MTL
+    assert sorted(p.name for p in result.files) == names
+    params = json.loads((out / "parameters.json").read_text())
+    assert params["left_out"] == {str(bad): result.problems[str(bad)]}
+    for entry in params["photos"]:
+        # the saved parameters of each photo, through the model of its own side, land on its keypoints
+        model = models[entry["side"]]
+        cam = entry["camera"]
+        kp = _keypoints_px(model, np.array(params["betas"]), np.array(entry["hand_pose"]),
+                           np.array(entry["global_orient"]), np.array(cam["weak_perspective"]),
+                           np.array(cam["crop_box_px"]))
+        true = truth[Path(entry["file"]).stem]
+        hand = np.ptp(true, axis=0).max()
+        error = np.linalg.norm(kp - true, axis=1).mean()
+        assert error < 0.03 * hand, (entry["file"], error, hand)
+        assert entry["keypoint_error_px"] == pytest.approx(error, abs=0.05 * hand)
+
+
+def test_rerunning_on_the_same_photos_gives_the_same_files(tmp_path):
+    """Each run in a fresh process, as the command runs."""
+    script = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+              "from test_personalize import end_to_end_case; end_to_end_case(sys.argv[1], sys.argv[2], quick=True)")
+    for name in ("one", "two"):
+        subprocess.run([sys.executable, "-c", script, str(tmp_path), name], check=True,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    one = {p.name: p.read_bytes() for p in (tmp_path / "one").iterdir()}
+    assert len(one) == 6 and one == {p.name: p.read_bytes() for p in (tmp_path / "two").iterdir()}
