@@ -1,10 +1,24 @@
 """One headless OpenGL context per process (EGL: Mesa llvmpipe on a CPU, the GPU driver where there is one)."""
 
+import ctypes.util
 import functools
+import glob
 
 import moderngl
 
 APT_PACKAGES = "libegl1 libgl1-mesa-dri libegl-mesa0"
+
+
+def missing_packages(find_library=None, glob_=None) -> list[str]:
+    """The Debian/Ubuntu packages of APT_PACKAGES whose files are absent here (EGL loader, Mesa EGL, DRI driver)."""
+    find_library, glob_ = find_library or ctypes.util.find_library, glob_ or glob.glob
+    missing = [] if find_library("EGL") else ["libegl1"]
+    vendors = glob_("/usr/share/glvnd/egl_vendor.d/*.json") + glob_("/etc/glvnd/egl_vendor.d/*.json")
+    if not vendors:
+        missing.append("libegl-mesa0")
+    if not glob_("/usr/lib/*/dri/swrast_dri.so") + glob_("/usr/lib*/dri/swrast_dri.so"):
+        missing.append("libgl1-mesa-dri")
+    return missing
 
 
 @functools.cache
@@ -13,9 +27,11 @@ def get_context() -> moderngl.Context:
     try:
         return moderngl.create_context(standalone=True, backend="egl")
     except Exception as err:  # moderngl raises bare Exception for a missing libEGL or driver
+        missing = missing_packages()
+        what = f"missing system package(s): {' '.join(missing)}. " if missing else ""
         raise RuntimeError(
-            f"cannot create a headless OpenGL (EGL) context: {err}. "
-            f"Install the EGL and Mesa libraries: sudo apt-get install {APT_PACKAGES}"
+            f"cannot create a headless OpenGL (EGL) context: {err}. {what}"
+            f"Install the EGL and Mesa libraries: sudo apt-get install {' '.join(missing) or APT_PACKAGES}"
         ) from err
 
 

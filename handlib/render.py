@@ -70,10 +70,10 @@ def part_labels(weights: ArrayLike) -> np.ndarray:
 
 
 _STRUCT = """
-struct Sample { mat4 view; mat4 proj; vec4 light_dir; vec4 diffuse; vec4 ambient; vec4 color; vec4 background; };
+struct Sample { mat4 view; mat4 proj; vec4 light_dir; vec4 diffuse; vec4 ambient; vec4 color; };
 layout(std430, binding = 4) readonly buffer Samples { Sample samples[]; };
 """
-_SAMPLE_FLOATS = 16 + 16 + 5 * 4
+_SAMPLE_FLOATS = 16 + 16 + 4 * 4
 
 _MESH_VS = """#version 450
 """ + _STRUCT + """
@@ -87,6 +87,9 @@ uniform vec2 tile_scale;  // tile size / framebuffer size
 out vec3 v_camera;
 out vec3 v_normal;
 out vec2 v_uv;
+out vec3 v_light_front;  // light reaching the side the winding faces, and the other side
+out vec3 v_light_back;
+flat out vec3 v_color;
 flat out int v_sample;
 out float gl_ClipDistance[4];
 
@@ -97,6 +100,11 @@ void main() {
     v_camera = camera.xyz;
     v_normal = mat3(samples[s].view) * vec3(normals[i], normals[i + 1], normals[i + 2]);
     v_uv = corner_uv[gl_VertexID];
+    // smooth (Gouraud) shading: per-vertex light, interpolated; cheap where fragments dominate the cost
+    float lambert = dot(normalize(v_normal), -normalize(samples[s].light_dir.xyz));
+    v_light_front = samples[s].ambient.rgb + max(lambert, 0.0) * samples[s].diffuse.rgb;
+    v_light_back = samples[s].ambient.rgb + max(-lambert, 0.0) * samples[s].diffuse.rgb;
+    v_color = samples[s].color.rgb;
     v_sample = s;
     vec4 clip = samples[s].proj * camera;
     // keep each sample inside its own image, then move that image to its tile
@@ -109,28 +117,24 @@ void main() {
 }
 """
 
-_FACING = """
-    // the face's winding normal points at the camera exactly when it is front facing (front_face = "cw")
-    vec3 n = normalize(gl_FrontFacing ? v_normal : -v_normal);
-"""
-
 _COLOR_FS = """#version 450
-""" + _STRUCT + """
 uniform bool textured;
 uniform bool texture_per_sample;
+uniform int first_sample;  // of this chunk, in the batch
 uniform sampler2DArray albedo_map;
-in vec3 v_camera;
-in vec3 v_normal;
 in vec2 v_uv;
+in vec3 v_light_front;
+in vec3 v_light_back;
+flat in vec3 v_color;
 flat in int v_sample;
 layout(location = 0) out vec4 f_color;
 
-void main() {""" + _FACING + """
-    vec3 albedo = samples[v_sample].color.rgb;
+void main() {
+    // the winding faces the camera exactly when the face is front facing (front_face = "cw")
+    vec3 light = gl_FrontFacing ? v_light_front : v_light_back;
+    vec3 albedo = v_color;
     if (textured)  // UVs with v up (OBJ): v = 0 is the bottom row of the texture image
-        albedo = texture(albedo_map, vec3(v_uv.x, 1.0 - v_uv.y, texture_per_sample ? v_sample : 0)).rgb;
-    float lambert = max(dot(n, -normalize(samples[v_sample].light_dir.xyz)), 0.0);
-    vec3 light = samples[v_sample].ambient.rgb + lambert * samples[v_sample].diffuse.rgb;
+        albedo = texture(albedo_map, vec3(v_uv.x, 1.0 - v_uv.y, texture_per_sample ? first_sample + v_sample : 0)).rgb;
     f_color = vec4(clamp(albedo * light, 0.0, 1.0), 1.0);  // premultiplied by full coverage
 }
 """
@@ -140,13 +144,12 @@ layout(std430, binding = 5) readonly buffer FacePart { int face_part[]; };
 uniform bool has_parts;
 in vec3 v_camera;
 in vec3 v_normal;
-in vec2 v_uv;
-flat in int v_sample;
 layout(location = 0) out float f_depth;
 layout(location = 1) out vec4 f_normal;
 layout(location = 2) out float f_part;
 
-void main() {""" + _FACING + """
+void main() {
+    vec3 n = normalize(gl_FrontFacing ? v_normal : -v_normal);  // the visible side
     f_depth = v_camera.z;
     f_normal = vec4(n, 0.0);
     f_part = has_parts ? float(face_part[gl_PrimitiveID]) : 0.0;
@@ -159,32 +162,32 @@ void main() {
 }
 """
 
-_RESOLVE_FS = """#version 450
-""" + _STRUCT + """
-uniform sampler2DMS coverage;  // the colour pass: premultiplied colour, supersample^2 texels per pixel
+_COMPOSITE_FS = """#version 450
+uniform sampler2DMS coverage;  // the colour pass (supersampled, multisampled), over its background or transparent
 uniform int msaa;
 uniform ivec2 supersample;
 uniform ivec2 tile_size;
 uniform int columns;
 uniform bool background_image;
 uniform bool background_per_sample;
+uniform int first_sample;  // of this chunk, in the batch
 uniform sampler2DArray backgrounds;
 layout(location = 0) out vec4 f_color;
 
 void main() {
     ivec2 pixel = ivec2(gl_FragCoord.xy);
-    ivec2 tile = pixel / tile_size;
-    int s = tile.y * columns + tile.x;
-    vec4 sum = vec4(0.0);
+    vec4 color = vec4(0.0);
     for (int y = 0; y < supersample.y; ++y)
         for (int x = 0; x < supersample.x; ++x)
             for (int k = 0; k < msaa; ++k)
-                sum += texelFetch(coverage, pixel * supersample + ivec2(x, y), k);
-    vec4 color = sum / float(supersample.x * supersample.y * msaa);
-    vec3 background = samples[s].background.rgb;
-    if (background_image)
-        background = texelFetch(backgrounds, ivec3(pixel - tile * tile_size, background_per_sample ? s : 0), 0).rgb;
-    f_color = vec4(color.rgb + (1.0 - color.a) * background, 1.0);
+                color += texelFetch(coverage, pixel * supersample + ivec2(x, y), k);
+    color /= float(supersample.x * supersample.y * msaa);
+    if (background_image) {  // the colour pass was cleared transparent: composite (premultiplied) here
+        ivec2 tile = pixel / tile_size;
+        int layer = background_per_sample ? first_sample + tile.y * columns + tile.x : 0;
+        color.rgb += (1.0 - color.a) * texelFetch(backgrounds, ivec3(pixel - tile * tile_size, layer), 0).rgb;
+    }
+    f_color = vec4(color.rgb, 1.0);
 }
 """
 
@@ -219,12 +222,13 @@ class Renderer:
     faces (F, 3); image_size H or (H, W); vt (T, 2) / ft (F, 3): UVs (v up) and per-face UV indices for
     textures; parts: per-vertex labels (V,) or skinning weights (V, J), one label per face (the label with the
     largest summed weight over the face's corners); samples: antialiasing samples per pixel (MSAA up to the
-    driver's limit, supersampling on top); max_pixels: the largest framebuffer, in samples, drawn at once.
+    driver's limit, supersampling on top); max_memory: bytes of framebuffers for one chunk of the batch (the
+    batch is drawn in as few chunks as fit).
     """
 
     def __init__(self, faces: ArrayLike, image_size: int | tuple[int, int], vt: ArrayLike | None = None,
                  ft: ArrayLike | None = None, parts: ArrayLike | None = None, samples: int = 8,
-                 max_pixels: int = 2 ** 25) -> None:
+                 max_memory: int = 2 ** 28) -> None:
         self.ctx = get_context()
         self.faces = _numpy(faces, np.int32)  # (F, 3)
         if self.faces.ndim != 2 or self.faces.shape[1] != 3:
@@ -239,13 +243,13 @@ class Renderer:
         if self.textured:
             corner_uv = _numpy(vt)[_numpy(ft, np.int64).ravel()]
         self.face_part = None if parts is None else self._face_parts(parts)
-        self.max_pixels = max_pixels
+        self.max_memory = max_memory
 
         ctx = self.ctx
         self._mesh_color = ctx.program(vertex_shader=_MESH_VS, fragment_shader=_COLOR_FS)
         self._mesh_aux = ctx.program(vertex_shader=_MESH_VS, fragment_shader=_AUX_FS)
-        self._resolve = ctx.program(vertex_shader=_FULLSCREEN_VS, fragment_shader=_RESOLVE_FS)
-        self._vaos = {p: ctx.vertex_array(p, []) for p in (self._mesh_color, self._mesh_aux, self._resolve)}
+        self._composite = ctx.program(vertex_shader=_FULLSCREEN_VS, fragment_shader=_COMPOSITE_FS)
+        self._vaos = {p: ctx.vertex_array(p, []) for p in (self._mesh_color, self._mesh_aux, self._composite)}
         self._corner_vertex = ctx.buffer(self.faces.ravel())
         self._corner_uv = ctx.buffer(corner_uv)
         self._face_part_buffer = ctx.buffer(
@@ -287,26 +291,15 @@ class Renderer:
         if verts.ndim != 3 or verts.shape[1:] != (self.num_vertices, 3):
             raise ValueError(f"vertices must have shape (B, {self.num_vertices}, 3), got {tuple(verts.shape)}")
         B = len(verts)
-        view, proj = self._camera_matrices(camera, verts)
-        light = Light() if light is None else light
-        direction = _per_sample(light.direction, B, (3,), "light.direction")
-        background_image = None
-        if np.ndim(background) >= 3:
-            background_image = _images(background, B, (self.height, self.width), "background")
-            background = 0.0
-        block = np.zeros((B, _SAMPLE_FLOATS), np.float32)
-        block[:, 0:16] = view.transpose(0, 2, 1).reshape(B, 16)  # GLSL matrices are column major
-        block[:, 16:32] = proj.transpose(0, 2, 1).reshape(B, 16)
-        for k, value in enumerate((direction, _rgb(light.diffuse, B, "light.diffuse"),
-                                   _rgb(light.ambient, B, "light.ambient"), _rgb(color, B, "color"),
-                                   _rgb(background, B, "background"))):
-            block[:, 32 + 4 * k: 35 + 4 * k] = value
+        block = _sample_block(*self._camera_matrices(camera, verts), Light() if light is None else light, color)
         normals = vertex_normals(verts, self.faces)
-
+        if np.ndim(background) >= 3:
+            background = _images(background, B, (self.height, self.width), "background")  # (1 or B, H, W, 3)
+            self._upload_images("background", background, mipmaps=False)
+        else:
+            background = _rgb(background, B, "background")  # (B, 3)
         if texture is not None:
             self._upload_images("albedo", _images(texture, B, None, "texture"), mipmaps=True)
-        if background_image is not None:
-            self._upload_images("background", background_image, mipmaps=False)
 
         H, W = self.height, self.width
         result = {"image": np.empty((B, H, W, 3), np.uint8)} if "image" in outputs else {}
@@ -318,8 +311,10 @@ class Renderer:
             if "parts" in outputs:
                 result["parts"] = np.empty((B, H, W), np.int16)
 
-        per_tile = H * W * (self.msaa * self.supersample[0] * self.supersample[1] if "image" in outputs else 1)
-        chunk = max(1, min(B, self.max_pixels // per_tile, self._max_tiles()))
+        # bytes per sample: multisampled RGBA8 + depth and the RGBA8 result; float depth, normals, part + depth
+        tile_bytes = H * W * ((8 * self.msaa * self.supersample[0] * self.supersample[1] + 4) * ("image" in outputs)
+                              + 20 * bool(aux))
+        chunk = max(1, min(B, self.max_memory // tile_bytes, self._max_tiles()))
         chunks = math.ceil(B / chunk)
         chunk = math.ceil(B / chunks)  # balanced chunks share one framebuffer
         columns = math.ceil(math.sqrt(chunk))
@@ -328,7 +323,8 @@ class Renderer:
             stop = min(start + chunk, B)
             self._upload_chunk(verts[start:stop], normals[start:stop], block[start:stop], rows * columns)
             if "image" in outputs:
-                self._draw_color(stop - start, rows, columns, texture, background_image, start, result["image"])
+                chunk_background = background if background.ndim == 4 else background[start:stop]
+                self._draw_color(stop - start, rows, columns, texture, chunk_background, start, result["image"])
             if aux:
                 self._draw_aux(stop - start, rows, columns, outputs, start, result)
         if "mask" in outputs:
@@ -422,9 +418,8 @@ class Renderer:
         ctx, W, H = self.ctx, columns * self.width, rows * self.height
         if kind == "color":
             sx, sy = self.supersample
-            samples = self.msaa
-            coverage = ctx.texture((W * sx, H * sy), 4, samples=samples)
-            depth = ctx.depth_renderbuffer((W * sx, H * sy), samples=samples)
+            coverage = ctx.texture((W * sx, H * sy), 4, samples=self.msaa)
+            depth = ctx.depth_renderbuffer((W * sx, H * sy), samples=self.msaa)
             out = ctx.renderbuffer((W, H), 4)
             objects = (ctx.framebuffer([coverage], depth), ctx.framebuffer([out]), coverage, depth, out)
         else:
@@ -448,35 +443,45 @@ class Renderer:
         for k in range(4):
             self.ctx.enable_direct(0x3000 + k)  # GL_CLIP_DISTANCE0 + k
 
-    def _draw_color(self, n: int, rows: int, columns: int, texture, background_image, start: int,
+    def _draw_color(self, n: int, rows: int, columns: int, texture, background, start: int,
                     out: np.ndarray) -> None:
-        msaa_fbo, out_fbo, coverage, _, _ = self._framebuffer("color", rows, columns)
+        """The image pass: background colours are cleared in (colour, alpha 0), so resolving composites them."""
+        msaa_fbo, out_fbo, coverage, *_ = self._framebuffer("color", rows, columns)
         program = self._mesh_color
         msaa_fbo.use()
-        msaa_fbo.clear(0.0, 0.0, 0.0, 0.0, depth=1.0)
+        image = background.ndim == 4
+        if image or len(np.unique(background, axis=0)) == 1:
+            msaa_fbo.clear(*(0.0, 0.0, 0.0) if image else background[0], 0.0, depth=1.0)
+        else:
+            sx, sy = self.supersample
+            tw, th = self.width * sx, self.height * sy
+            for k, rgb in enumerate(background):
+                msaa_fbo.clear(*rgb, 0.0, depth=1.0, viewport=(k % columns * tw, k // columns * th, tw, th))
         self._mesh_state(program, columns, rows)
         program["textured"] = texture is not None
         if texture is not None:
             program["texture_per_sample"] = self._textures["albedo"].size[2] > 1
+            program["first_sample"] = start
             program["albedo_map"] = 0
             self._textures["albedo"].use(0)
         self._vaos[program].render(moderngl.TRIANGLES, vertices=3 * len(self.faces), instances=n)
 
-        resolve = self._resolve
+        composite = self._composite
         out_fbo.use()
         self.ctx.disable(moderngl.DEPTH_TEST)
-        resolve["coverage"] = 1
+        composite["coverage"] = 1
         coverage.use(1)
-        resolve["msaa"] = max(self.msaa, 1)
-        resolve["supersample"] = self.supersample
-        resolve["tile_size"] = (self.width, self.height)
-        resolve["columns"] = columns
-        resolve["background_image"] = background_image is not None
-        if background_image is not None:
-            resolve["background_per_sample"] = self._textures["background"].size[2] > 1
-            resolve["backgrounds"] = 2
+        composite["msaa"] = self.msaa
+        composite["supersample"] = self.supersample
+        composite["tile_size"] = (self.width, self.height)
+        composite["columns"] = columns
+        composite["background_image"] = image
+        if image:
+            composite["background_per_sample"] = self._textures["background"].size[2] > 1
+            composite["first_sample"] = start
+            composite["backgrounds"] = 2
             self._textures["background"].use(2)
-        self._vaos[resolve].render(moderngl.TRIANGLES, vertices=3)
+        self._vaos[composite].render(moderngl.TRIANGLES, vertices=3)
         atlas = np.empty((rows * self.height, columns * self.width, 3), np.uint8)
         out_fbo.read_into(atlas, components=3)
         out[start:start + n] = _untile(atlas, rows, columns, n)
@@ -506,7 +511,7 @@ class Renderer:
 
     def release(self) -> None:
         """Free this renderer's GL objects now (they are otherwise freed with the context)."""
-        objects = [self._mesh_color, self._mesh_aux, self._resolve, *self._vaos.values(), self._corner_vertex,
+        objects = [self._mesh_color, self._mesh_aux, self._composite, *self._vaos.values(), self._corner_vertex,
                    self._corner_uv, self._face_part_buffer, *self._buffers.values(), *self._textures.values()]
         for fbo_objects in self._framebuffers.values():
             objects.extend(fbo_objects)
@@ -515,14 +520,26 @@ class Renderer:
         self._buffers, self._textures, self._framebuffers = {}, {}, {}
 
 
+def _sample_block(view: np.ndarray, proj: np.ndarray, light: Light, color: ArrayLike) -> np.ndarray:
+    """The per-sample storage block of the shaders (struct Sample), (B, _SAMPLE_FLOATS) float32."""
+    B = len(view)
+    block = np.zeros((B, _SAMPLE_FLOATS), np.float32)
+    block[:, 0:16] = view.transpose(0, 2, 1).reshape(B, 16)  # GLSL matrices are column major
+    block[:, 16:32] = proj.transpose(0, 2, 1).reshape(B, 16)
+    for k, value in enumerate((_per_sample(light.direction, B, (3,), "light.direction"),
+                               _rgb(light.diffuse, B, "light.diffuse"), _rgb(light.ambient, B, "light.ambient"),
+                               _rgb(color, B, "color"))):
+        block[:, 32 + 4 * k: 35 + 4 * k] = value
+    return block
+
+
 def _split_samples(samples: int, max_msaa: int) -> tuple[int, tuple[int, int]]:
     """Samples per pixel -> (MSAA samples, (supersample x, supersample y)); supersampling covers the rest."""
-    if samples < 1 or samples & (samples - 1):
-        raise ValueError(f"samples must be a power of two, got {samples}")
     msaa = min(samples, max(max_msaa, 1))
-    rest = samples // msaa
-    sy = 2 ** (int(math.log2(rest)) // 2)
-    return msaa, (rest // sy, sy)
+    if samples < 1 or samples & (samples - 1) or samples > 4 * msaa:
+        raise ValueError(f"samples must be a power of two from 1 to {4 * msaa} here, got {samples}")
+    rest = samples // msaa  # 1, 2 or 4 supersamples, which one bilinear fetch averages
+    return msaa, (min(rest, 2), rest // 2 if rest == 4 else 1)
 
 
 def _images(x: ArrayLike, B: int, size: tuple[int, int] | None, name: str) -> np.ndarray:

@@ -1,0 +1,136 @@
+"""256 renders of the built-in hand at 224 x 224 with 8x antialiasing: handlib.render against pyrender, one run.
+
+    python benchmarks/bench_render.py [--count 256] [--size 224] [--samples 8] [--repeats 3]
+
+Both draw the same posed hands through the same pinhole camera with 8 samples per pixel (pyrender: its fixed
+4x MSAA on a twice-as-wide viewport, averaged in pairs; handlib: `Renderer(samples=8)`). pyrender is used as its
+users do: one OffscreenRenderer, a new pyrender.Mesh per render. It runs in a child process (its own EGL
+context); install it with `pip install pyrender-maintained` (not a handlib dependency): without it, that half is
+skipped with a message. Times are the best of --repeats; the machine's load average is printed beside them,
+since other work on a shared CPU slows both sides.
+"""
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+from handlib.render import Perspective, Renderer
+
+
+def posed_hands(count: int, size: int, seed: int = 0):
+    """Random poses of the built-in hand placed in front of a pinhole camera: vertices (B, V, 3), faces, K."""
+    from handlib.model import HandModel
+
+    model = HandModel.builtin()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        out = model(hand_pose=0.4 * torch.randn(count, 45, generator=g),
+                    global_orient=torch.pi * (torch.rand(count, 3, generator=g) - 0.5),
+                    betas=torch.randn(count, 10, generator=g))
+    verts = out.vertices.numpy()
+    verts = verts - verts.mean(axis=1, keepdims=True)
+    verts[..., 2] += 0.5  # 0.5 m in front of the camera
+    focal = 2.2 * size  # the hand spans about half the image
+    K = np.array([[focal, 0, (size - 1) / 2], [0, focal, (size - 1) / 2], [0, 0, 1]], np.float32)
+    return verts.astype(np.float32), model.faces.numpy(), K
+
+
+def time_handlib(verts, faces, K, size, samples, repeats):
+    start = time.perf_counter()
+    renderer = Renderer(faces, size, samples=samples)
+    renderer.render(verts[:2], Perspective(K))  # compiles and allocates
+    setup = time.perf_counter() - start
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        images = renderer.render(verts, Perspective(K))["image"]
+        times.append(time.perf_counter() - start)
+    return min(times), setup, images
+
+
+def pyrender_worker(inp: str, out: str) -> None:
+    """Child process: the same renders with pyrender (OpenGL camera: y up, looking down -z)."""
+    import pyrender
+    import trimesh
+
+    data = np.load(inp)
+    verts, faces, K, size, repeats = data["verts"], data["faces"], data["K"], int(data["size"]), int(data["repeats"])
+    opengl = verts * np.array([1, -1, -1], np.float32)  # OpenCV camera frame -> OpenGL camera frame
+    # 2x1 supersampling on top of pyrender's fixed 4x MSAA: twice the width, twice fx and cx + 0.5 shift
+    camera = pyrender.IntrinsicsCamera(2 * K[0, 0], K[1, 1], 2 * K[0, 2] + 0.5, K[1, 2], znear=0.05, zfar=5.0)
+    renderer = pyrender.OffscreenRenderer(2 * size, size)
+    scene = pyrender.Scene(bg_color=(0, 0, 0, 0), ambient_light=(0.4, 0.4, 0.4))
+    scene.add(camera)
+    scene.add(pyrender.DirectionalLight(intensity=2.0))
+    material = pyrender.MetallicRoughnessMaterial(baseColorFactor=(0.86, 0.67, 0.55, 1.0))
+    times = []
+    for _ in range(repeats):
+        images = np.empty((len(verts), size, size, 3), np.uint8)
+        start = time.perf_counter()
+        for b, v in enumerate(opengl):
+            mesh = pyrender.Mesh.from_trimesh(trimesh.Trimesh(v, faces, process=False), material=material)
+            node = scene.add(mesh)
+            color, _ = renderer.render(scene)
+            scene.remove_node(node)
+            images[b] = color.reshape(size, size, 2, 3).mean(axis=2).round()
+        times.append(time.perf_counter() - start)
+    renderer.delete()
+    np.savez(out, time=min(times), images=images)
+
+
+def time_pyrender(verts, faces, K, size, repeats):
+    """(best time, images) from a child process, or (None, reason) when pyrender is absent or fails."""
+    try:
+        import pyrender  # noqa: F401
+    except ImportError:
+        return None, "pyrender is not installed (pip install pyrender-maintained): skipped"
+    with tempfile.TemporaryDirectory() as tmp:
+        inp, out = os.path.join(tmp, "in.npz"), os.path.join(tmp, "out.npz")
+        np.savez(inp, verts=verts, faces=faces, K=K, size=size, repeats=repeats)
+        env = dict(os.environ, PYOPENGL_PLATFORM="egl")
+        proc = subprocess.run([sys.executable, __file__, "--pyrender-worker", inp, out], env=env,
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            return None, f"pyrender failed: {proc.stderr.strip().splitlines()[-1:]}"
+        result = np.load(out)
+        return float(result["time"]), result["images"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=256)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--samples", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--pyrender-worker", nargs=2, metavar=("IN", "OUT"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.pyrender_worker:
+        pyrender_worker(*args.pyrender_worker)
+        return
+
+    verts, faces, K = posed_hands(args.count, args.size)
+    print(f"{args.count} renders of the built-in hand ({verts.shape[1]} vertices, {len(faces)} faces) at "
+          f"{args.size}x{args.size}, {args.samples} samples per pixel; load average {os.getloadavg()[0]:.1f} "
+          f"on {os.cpu_count()} CPUs")
+    ours, setup, images = time_handlib(verts, faces, K, args.size, args.samples, args.repeats)
+    print(f"handlib.render: {ours:.3f} s ({ours / args.count * 1e3:.2f} ms per render; renderer setup "
+          f"{setup:.3f} s, once)")
+    theirs, other = time_pyrender(verts, faces, K, args.size, args.repeats)
+    if theirs is None:
+        print(other)
+        return
+    agree = np.mean((images.max(axis=-1) > 0) == (other.max(axis=-1) > 0))
+    print(f"pyrender:       {theirs:.3f} s ({theirs / args.count * 1e3:.2f} ms per render; same silhouettes at "
+          f"{100 * agree:.2f}% of pixels)")
+    print(f"ratio: handlib.render is {theirs / ours:.1f}x faster than pyrender (goal >= 20x); "
+          f"{ours:.3f} s for {args.count} renders (goal < 1 s); load average now {os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+    main()
