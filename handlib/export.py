@@ -84,6 +84,7 @@ def top_weights(weights: np.ndarray, k: int = 4) -> tuple[np.ndarray, np.ndarray
     """The k largest skinning weights per vertex, renormalised to sum to 1, and their joint ids (V, k) each."""
     ids = np.argsort(-weights, axis=1, kind="stable")[:, :k]
     w = np.take_along_axis(weights, ids, axis=1)
+    ids = np.where(w > 0, ids, 0)  # glTF: an unused slot has weight 0 and joint 0
     return ids, w / w.sum(axis=1, keepdims=True)
 
 

@@ -152,6 +152,8 @@ def test_top_weights_keep_the_four_largest_renormalised():
     ids, top = export.top_weights(w)
     assert ids.tolist() == [[2, 4, 3, 1]]
     np.testing.assert_allclose(top, [[0.4, 0.25, 0.2, 0.1]] / np.float64(0.95))
+    ids, top = export.top_weights(np.array([[0.0, 0.0, 0.3, 0.0, 0.7]]))  # unused slots: joint 0, weight 0
+    assert ids.tolist() == [[4, 2, 0, 0]] and top.tolist() == [[0.7, 0.3, 0.0, 0.0]]
 
 
 def test_obj_has_uvs_material_and_texture_and_json_is_stable(model, tmp_path):
