@@ -55,7 +55,8 @@ def read_scalars(run_dir: str | os.PathLike) -> dict[str, tuple[np.ndarray, np.n
 def predict(net: HandNet, dataset, batch_size: int = 32, keep_images: int = 0) -> dict[str, np.ndarray]:
     """The network's predictions on every sample of `dataset` (HandCrops, unaugmented) with the ground truth.
 
-    Keys: kp2d_iters (N, T, 21, 2) and kp2d_true (N, 21, 2) in [-1, 1] over the crop, certainty, side, has3d;
+    Keys: kp2d_iters (N, T, 21, 2) and kp2d_true (N, 21, 2) in [-1, 1] over the crop, certainty, side, has3d,
+    cam (N, 3) the final weak perspective onto the crop;
     vertices / joints (N, V, 3) / (N, 21, 3), predicted and `*_true`, in the model frame before translation;
     betas, hand_pose and their `*_true`; images (keep_images, H, W, 3) uint8.
     """
@@ -71,6 +72,7 @@ def predict(net: HandNet, dataset, batch_size: int = 32, keep_images: int = 0) -
             "kp2d_iters": torch.stack([p.keypoints2d for p in preds], 1), "kp2d_true": batch["keypoints2d"],
             "certainty": batch["certainty"], "side": batch["side"], "has3d": batch["has3d"],
             "vertices": last.vertices, "joints": last.keypoints3d, "betas": last.betas, "hand_pose": last.hand_pose,
+            "cam": last.cam,
             "vertices_true": true_v, "joints_true": true_kp, "betas_true": batch["betas"],
             "hand_pose_true": batch["hand_pose"],
         }
@@ -202,3 +204,45 @@ def config_of(run_dir: str | os.PathLike) -> dict:
 
     path = Path(paths.resolve(run_dir)) / "config.json"
     return json.loads(path.read_text())
+
+
+def train_if_missing(run_dir: str | os.PathLike, settings: dict, train_sources: dict, val_sources: dict) -> bool:
+    """Train the run with TrainConfig(**settings) unless `run_dir` already holds a finished checkpoint;
+    True when it trained (or resumed)."""
+    from handlib.train import CHECKPOINT, TrainConfig, train
+
+    run_dir = paths.resolve(run_dir)
+    cfg = TrainConfig(run_dir=str(run_dir), **settings)
+    if (run_dir / CHECKPOINT).exists():
+        done = torch.load(run_dir / CHECKPOINT, map_location="cpu", weights_only=False)["iteration"]
+        if done >= cfg.iterations:
+            return False
+    train(cfg, train_sources, val_sources)
+    return True
+
+
+def prediction_pictures(pred: dict[str, np.ndarray], hand_models: dict, n: int = 4) -> np.ndarray:
+    """One row per sample: the crop with the predicted keypoints of each IEF iteration, then the true ones,
+    then the predicted mesh over the crop. (rows · size, columns · size, 3) uint8."""
+    from handlib import draw
+    from handlib.camera import normalized_to_pixels
+    from handlib.render import Renderer, WeakPerspective
+
+    images = pred["images"][:n]
+    size = images.shape[1]
+    renderers = {}
+    rows = []
+    for i, image in enumerate(images):
+        to_px = lambda xy: normalized_to_pixels(torch.as_tensor(xy), size, size).numpy()  # noqa: E731
+        row = [draw.draw_skeleton(image, to_px(kp)) for kp in pred["kp2d_iters"][i]]
+        row.append(draw.draw_skeleton(image, np.c_[to_px(pred["kp2d_true"][i]), pred["certainty"][i]]))
+        side = SIDES[int(pred["side"][i])]
+        if side not in renderers:
+            renderers[side] = Renderer(hand_models[side].faces.numpy(), size, samples=4)
+        out = renderers[side].render(pred["vertices"][i][None], WeakPerspective(pred["cam"][i][None]),
+                                     outputs=("image", "mask"))
+        row.append(draw.overlay(image, out["image"][0], out["mask"][0]))
+        rows.append(np.concatenate(row, axis=1))
+    for r in renderers.values():
+        r.release()
+    return np.concatenate(rows, axis=0)

@@ -36,7 +36,7 @@ MIN_HAND_SIDE = 32    # pixels: the detected keypoints' box
 MIN_KEYPOINTS = 6     # keypoints with certainty > 0 needed to fit
 CROP_BORDER = 0.3     # the crop is (1 + border) times the keypoint box's longer side
 TEXTURE_SIZE = 512
-FIT = fitting.FitConfig(pose_iters=30, shape_iters=15, both_iters=60, beta_weight=0.05, pose_prior_weight=0.01,
+FIT = fitting.FitConfig(pose_iters=30, shape_iters=15, both_iters=60, beta_weight=0.5, pose_prior_weight=0.01,
                         joint_limit_weight=10.0)
 
 

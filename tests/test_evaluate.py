@@ -41,6 +41,7 @@ def _predictions(models, noise=0.0, seed=0):
         "side": side, "has3d": np.ones(n, bool), "vertices": verts + noise * 0.1, "joints": joints + noise * 0.1,
         "betas": betas + noise, "hand_pose": hand_pose, "vertices_true": verts, "joints_true": joints,
         "betas_true": betas, "hand_pose_true": hand_pose, "image_size": np.array(100),
+        "cam": np.tile([5.0, 0.0, 0.0], (n, 1)), "images": np.full((n, 100, 100, 3), 255, np.uint8),
     }
 
 
@@ -72,3 +73,12 @@ def test_table_and_verdict_come_from_the_numbers():
     assert evaluate.verdict(results).startswith("**thesis** wins")
     del results["ours"]["pa_mpjpe_mm"]  # not every run has 3D figures: the 2D error decides
     assert evaluate.verdict(results).startswith("**thesis** wins on 2D keypoint error / hand size")
+
+
+def test_prediction_pictures_show_every_iteration_the_truth_and_the_mesh():
+    models = {s: HandModel(toy_params(side=s), side=s).double() for s in ("right", "left")}
+    pred = _predictions(models)
+    grid = evaluate.prediction_pictures(pred, models, n=2)
+    assert grid.shape == (200, 100 * (2 + 1 + 1), 3)
+    assert (grid[:, :300] != 255).any(axis=-1).sum() > 0  # keypoints drawn
+    assert (grid[:, 300:] != 255).any()  # the mesh drawn over the crop
