@@ -187,9 +187,10 @@ def auto_accept(review: Review) -> int:
 def in_jupyter_frontend() -> bool:
     """True in a kernel started by Jupyter Server (JupyterLab, Notebook), where a person can use widgets.
 
-    papermill and nbval start kernels themselves, without a server session.
+    papermill and nbval start kernels themselves, without a server session. A headless run started from inside
+    a Jupyter kernel inherits the session's variable: HANDLIB_HEADLESS=1 marks it headless.
     """
-    return "JPY_SESSION_NAME" in os.environ
+    return "JPY_SESSION_NAME" in os.environ and os.environ.get("HANDLIB_HEADLESS") != "1"
 
 
 def picture(path: str | os.PathLike, keypoints, pass_number: int, width: int = 800) -> bytes:

@@ -130,3 +130,14 @@ def test_picture_draws_the_pass_at_scale(tmp_path):
     assert tuple(one[125, 100 - 8]) == (255, 0, 0)  # the wrist ring, radius 8 at half scale
     assert tuple(one[30, 196 // 2]) == (255, 255, 255)  # pass 1 leaves the fingertips alone
     assert tuple(two[30, (40 + 16 * 19) // 2]) == FINGER_COLOURS[4]  # pinky tip in pass 2
+
+
+def test_headless_unless_a_jupyter_server_started_the_kernel(monkeypatch):
+    from handlib.review import in_jupyter_frontend
+    monkeypatch.delenv("JPY_SESSION_NAME", raising=False)
+    monkeypatch.delenv("HANDLIB_HEADLESS", raising=False)
+    assert not in_jupyter_frontend()
+    monkeypatch.setenv("JPY_SESSION_NAME", "/work/notebooks/01_dataset_2d.ipynb")
+    assert in_jupyter_frontend()
+    monkeypatch.setenv("HANDLIB_HEADLESS", "1")
+    assert not in_jupyter_frontend()
