@@ -17,11 +17,13 @@ from scipy import ndimage
 
 SKIN_CLASSES = ("very fair", "fair", "medium", "dark")  # 11K Hands skinColor values
 # Back-of-hand colour (sRGB, 0..1) at the centre of each class, and how much lighter the palm is (0: not at all).
-_BASE = np.array([[0.93, 0.80, 0.72], [0.86, 0.68, 0.56], [0.72, 0.52, 0.38], [0.42, 0.28, 0.20]], np.float32)
+_BASE = np.array([[0.90, 0.76, 0.68], [0.84, 0.66, 0.54], [0.70, 0.50, 0.37], [0.42, 0.28, 0.20]], np.float32)
 _PALM_LIGHTER = np.array([0.10, 0.18, 0.32, 0.55], np.float32)
 _PALM_TINT = np.array([0.94, 0.76, 0.68], np.float32)
 _NAIL_TINT = np.array([0.93, 0.78, 0.76], np.float32)
 _NAIL_EDGE = np.array([0.96, 0.93, 0.88], np.float32)
+
+NOISE_FIELDS, NOISE_SEED = 12, 7  # the atlas's noise fields (a texture mixes a few of them)
 
 # MANO joint numbers (handlib.joints.MANO_JOINT_NAMES)
 _WRIST, _INDEX, _MIDDLE, _PINKY, _RING, _THUMB = 0, 1, 4, 7, 10, 13
@@ -41,6 +43,7 @@ class SkinAtlas:
     nail_tip: np.ndarray   # the nail's free edge (whiter)
     crease: np.ndarray     # flexion creases and palm lines (darker)
     knuckle: np.ndarray    # back of the knuckles (pigmented on darker skin)
+    noise: np.ndarray      # (K, S, S) smooth noise fields of unit variance, continuous across UV seams
 
 
 def rasterize_uv(vt: np.ndarray, ft: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -107,7 +110,9 @@ def bake_atlas(vertices: np.ndarray, faces: np.ndarray, vt: np.ndarray, ft: np.n
     tips = vertices[np.asarray(tip_ids)]
     maps = _regions(position.reshape(-1, 3), normal.reshape(-1, 3), joints, tips, side)
     maps = {k: v.reshape(size, size).astype(np.float32) for k, v in maps.items()}
-    return SkinAtlas(size, covered, position.astype(np.float32), normal.astype(np.float32), **maps)
+    noise = np.stack([_smooth_noise(position, np.random.default_rng([NOISE_SEED, k]), wavelength=w, terms=6)
+                      for k, w in enumerate(np.repeat([0.02, 0.035, 0.06], NOISE_FIELDS // 3))]).astype(np.float32)
+    return SkinAtlas(size, covered, position.astype(np.float32), normal.astype(np.float32), noise=noise, **maps)
 
 
 def palm_frame(joints: np.ndarray, side: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -138,24 +143,27 @@ def _regions(p: np.ndarray, n: np.ndarray, joints: np.ndarray, tips: np.ndarray,
         near = dist < 0.6 * length
         plate = _smoothstep(0.30, 0.45, along) * _smoothstep(1.0, 0.9, along) * _smoothstep(0.45, 0.65, facing)
         nail = np.maximum(nail, plate * near)
-        nail_tip = np.maximum(nail_tip, plate * near * _smoothstep(0.8, 0.9, along))
-        # palmar flexion creases at the joints between phalanges, and where the finger meets the palm
-        for a, b, at in ((chain[1], chain[2], 0.0), (chain[2], tip, 0.0), (chain[0], chain[1], 0.35)):
+        nail_tip = np.maximum(nail_tip, plate * near * _smoothstep(0.86, 0.94, along))
+        # palmar flexion creases at the joints between phalanges, and where a finger meets the palm
+        folds = [(chain[1], chain[2], 0.0), (chain[2], tip, 0.0)]
+        if base != _THUMB:
+            folds.append((chain[0], chain[1], 0.35))
+        for a, b, at in folds:
             bone = _unit(b - a)
             centre = a + at * (b - a)
             s = (p - centre) @ bone
             r = np.linalg.norm((p - centre) - np.outer(s, bone), axis=1)
             line = np.exp(-0.5 * (s / 0.0009) ** 2) * (r < 0.35 * np.linalg.norm(b - a) + 0.006)
             crease = np.maximum(crease, line * palm)
-        for joint in chain[:2]:
+        for joint in chain[1:3] if base == _THUMB else chain[:2]:  # MCP and PIP; the thumb's MCP and IP
             knuckle = np.maximum(knuckle, np.exp(-0.5 * (np.linalg.norm(p - joint, axis=1) / 0.008) ** 2))
     crease = np.maximum(crease, _palm_lines(p, joints, radial, up) * _smoothstep(0.5, 0.8, palm))
     return {"palm": palm, "nail": nail, "nail_tip": nail_tip, "crease": crease, "knuckle": knuckle * (1 - palm)}
 
 
 def _palm_lines(p: np.ndarray, joints: np.ndarray, radial: np.ndarray, up: np.ndarray) -> np.ndarray:
-    """The three main palm lines (distal and proximal transverse, thenar) and the wrist crease, as thin lines
-    in the palm plane, placed by the metacarpal heads and the wrist."""
+    """The three main palm lines (distal and proximal transverse, thenar) as thin lines in the palm plane,
+    placed by the metacarpal heads, the thumb's base and the wrist."""
     def plane(x):  # (…, 3) -> (…, 2) palm-plane coordinates
         return np.stack([(x - joints[_WRIST]) @ radial, (x - joints[_WRIST]) @ up], axis=-1)
 
@@ -168,7 +176,6 @@ def _palm_lines(p: np.ndarray, joints: np.ndarray, radial: np.ndarray, up: np.nd
         [lerp(mi, w, 0.30) + rad, lerp(mm, w, 0.40), lerp(mr, w, 0.48), lerp(mp, w, 0.52)],
         [lerp(mi, w, 0.30) + rad, lerp(lerp(mm, tc, 0.45), w, 0.45), lerp(lerp(mm, tc, 0.3), w, 0.8),
          lerp(w, tc, 0.25)],
-        [w + ulnar * 2.5, w + rad * 2.5],
     ]
     q = plane(p)
     dist = np.min([_polyline_distance(q, np.array(line)) for line in lines], axis=0)
@@ -184,35 +191,40 @@ def _polyline_distance(q: np.ndarray, line: np.ndarray) -> np.ndarray:
     return best
 
 
+def skin_colour(rng: np.random.Generator, skin_class: int) -> np.ndarray:
+    """A random back-of-hand colour (3,) in [0, 1] of class `skin_class` (index into SKIN_CLASSES)."""
+    return np.clip(_BASE[skin_class] * rng.uniform(0.9, 1.07) * (1 + rng.normal(0, 0.025, 3)), 0, 1)
+
+
 def skin_texture(atlas: SkinAtlas, rng: np.random.Generator, skin_class: int) -> np.ndarray:
     """A random skin texture (S, S, 3) uint8 of class `skin_class` (index into SKIN_CLASSES).
 
-    Varies the tone within the class, the palm's lightening, mottling (smooth 3D noise, seamless across UV
-    islands), crease depth, knuckle pigmentation, nail colour and, now and then, nail polish.
+    Varies the tone within the class, the palm's lightening, mottling and redness (random mixes of the atlas's
+    noise fields), crease depth, knuckle pigmentation, nail colour and, now and then, nail polish.
     """
-    base = _BASE[skin_class] * rng.uniform(0.9, 1.07) * (1 + rng.normal(0, 0.025, 3).astype(np.float32))
+    base = skin_colour(rng, skin_class).astype(np.float32)
     palm_colour = base + rng.uniform(0.7, 1.3) * _PALM_LIGHTER[skin_class] * (_PALM_TINT - base)
-    colour = base + atlas.palm[..., None] * (palm_colour - base)                       # (S, S, 3)
-    mottle = _smooth_noise(atlas.position, rng, wavelength=0.03, terms=6)
-    redness = _smooth_noise(atlas.position, rng, wavelength=0.05, terms=4)
-    colour = colour * (1 + 0.05 * mottle[..., None]) + 0.03 * redness[..., None] * np.array([1, -0.3, -0.5])
+    picks = rng.choice(len(atlas.noise), 4, replace=False)
+    amp = (rng.uniform(0, 1, 4) * [0.04, 0.02, 0.03, 0.02]).astype(np.float32)  # mottling, then redness
     knuckle_depth = rng.uniform(0.05, 0.15) * (0.4 + skin_class / 3)
-    colour = colour * (1 - knuckle_depth * atlas.knuckle[..., None])
-    colour = colour * (1 - rng.uniform(0.15, 0.35) * atlas.crease[..., None])
+    shade = 1 - knuckle_depth * atlas.knuckle - rng.uniform(0.1, 0.25) * atlas.crease   # (S, S)
+    shade += amp[0] * atlas.noise[picks[0]] + amp[1] * atlas.noise[picks[1]]
+    red = amp[2] * np.maximum(atlas.noise[picks[2]], 0) + amp[3] * np.maximum(atlas.noise[picks[3]], 0)
+    colour = base + atlas.palm[..., None] * (palm_colour - base)                        # (S, S, 3)
+    colour *= shade[..., None]
+    colour += red[..., None] * np.array([1.0, -0.3, -0.5], np.float32)
     if rng.random() < 0.1:  # nail polish
-        nail = rng.uniform(0.05, 0.9, 3).astype(np.float32)
-        edge = nail
+        nail = edge = rng.uniform(0.05, 0.9, 3).astype(np.float32)
     else:
-        nail = base + rng.uniform(0.5, 0.8) * (_NAIL_TINT - base)
-        edge = _NAIL_EDGE
-    nail = nail + atlas.nail_tip[..., None] * (edge - nail)
-    colour = colour + atlas.nail[..., None] * (nail - colour)
-    colour = colour + rng.normal(0, 0.008, colour.shape[:2])[..., None]            # fine grain
+        nail, edge = base + rng.uniform(0.5, 0.8) * (_NAIL_TINT - base), _NAIL_EDGE
+    on = atlas.nail > 0  # few texels: blend the nails only there
+    plate = nail + atlas.nail_tip[on][:, None] * (edge - nail)
+    colour[on] += atlas.nail[on][:, None] * (plate - colour[on])
     return (np.clip(colour, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
 def _smooth_noise(position: np.ndarray, rng: np.random.Generator, wavelength: float, terms: int) -> np.ndarray:
-    """Smooth noise in about [-1, 1] over 3D points (..., 3): a sum of random plane waves, so it is continuous
+    """Smooth noise of unit variance over 3D points (..., 3): a sum of random plane waves, so it is continuous
     on the surface even across UV seams."""
     k = rng.normal(size=(terms, 3)).astype(np.float32)
     k *= (2 * np.pi / wavelength) * rng.uniform(0.6, 1.4, (terms, 1)).astype(np.float32) / np.linalg.norm(
