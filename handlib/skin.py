@@ -18,8 +18,8 @@ from scipy import ndimage
 SKIN_CLASSES = ("very fair", "fair", "medium", "dark")  # 11K Hands skinColor values
 # Back-of-hand colour (sRGB, 0..1) at the centre of each class, and how much lighter the palm is (0: not at all).
 _BASE = np.array([[0.90, 0.76, 0.68], [0.84, 0.66, 0.54], [0.70, 0.50, 0.37], [0.42, 0.28, 0.20]], np.float32)
-_PALM_LIGHTER = np.array([0.10, 0.18, 0.32, 0.55], np.float32)
-_PALM_TINT = np.array([0.94, 0.76, 0.68], np.float32)
+_PALM_LIGHTER = np.array([0.35, 0.35, 0.42, 0.58], np.float32)
+_PALM_TINT = np.array([0.98, 0.84, 0.78], np.float32)
 _NAIL_TINT = np.array([0.93, 0.78, 0.76], np.float32)
 _NAIL_EDGE = np.array([0.96, 0.93, 0.88], np.float32)
 

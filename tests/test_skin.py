@@ -1,6 +1,8 @@
 import numpy as np
+import pytest
 
 from handlib import skin
+from handlib.model import HandModel
 
 
 def _grid(n: int = 6, size: float = 0.1, u0: float = 0.0, u1: float = 1.0):
@@ -38,3 +40,37 @@ def test_texels_between_islands_copy_the_nearest_covered_texel():
     covered, position, _ = skin.bake_surface(vertices, faces, vt, faces, S)
     assert not covered[:, 17:23].any() and covered[:, :16].all() and covered[:, 24:].all()
     assert (position[:, :20, 0] < 0.2).all() and (position[:, 20:, 0] > 0.9).all()
+
+
+@pytest.fixture(scope="module")
+def hand():
+    model = HandModel.builtin("right").double()
+    vertices = model.v_template.numpy()
+    joints = model.J_regressor.numpy() @ vertices
+    atlas = skin.bake_atlas(vertices, model.faces.numpy(), model.vt.numpy(), model.ft.numpy(), joints,
+                            model.tip_ids.numpy(), "right", 128)
+    return model, vertices, joints, atlas
+
+
+def test_nails_sit_on_the_back_of_each_fingertip(hand):
+    model, vertices, joints, atlas = hand
+    _, _, palm = skin.palm_frame(joints, "right")
+    nail = (atlas.nail > 0.5) & atlas.covered
+    tips = vertices[model.tip_ids.numpy()]
+    owner = np.linalg.norm(atlas.position[nail][:, None] - tips[None], axis=-1).argmin(1)
+    assert set(owner.tolist()) == set(range(5))  # every finger has a nail
+    assert np.linalg.norm(atlas.position[nail] - tips[owner], axis=1).max() < 0.02
+    fingers = owner > 0  # the thumb's nail faces sideways at rest; the four fingers' face the back of the hand
+    assert (atlas.normal[nail][fingers] @ palm < -0.3).all()
+
+
+def test_palm_side_is_lighter_than_the_back_and_classes_darken_in_order(hand):
+    *_, atlas = hand
+    palm, back = (atlas.palm > 0.9) & atlas.covered, (atlas.palm < 0.1) & (atlas.nail == 0) & atlas.covered
+    rng = np.random.default_rng(0)
+    previous = np.inf
+    for skin_class in range(len(skin.SKIN_CLASSES)):
+        lum = np.mean([skin.skin_texture(atlas, rng, skin_class).mean(-1) for _ in range(8)], axis=0)
+        assert lum[palm].mean() > lum[back].mean() + 2, skin.SKIN_CLASSES[skin_class]
+        assert lum[back].mean() < previous
+        previous = lum[back].mean()
