@@ -19,7 +19,7 @@ import torch
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
-from handlib import camera, export, fitting, paths
+from handlib import camera, draw, export, fitting, paths
 from handlib.io import atomic_path
 from handlib.keypoints import Detection, Detector
 from handlib.model import HandModel
@@ -175,7 +175,8 @@ def project_texture(model: HandModel, vertices: np.ndarray, photos: list[Photo],
 
     For each photo the fitted mesh is drawn with a face id per pixel; the pixel's barycentric coordinates in
     that face give its UV, and the pixel's colour lands in that texel, weighted by how squarely the surface faces
-    the camera. Texels no photo sees take the colour of the nearest seen texel.
+    the camera. Texels no photo sees take the colour of the nearest seen texel near it (across seams), else the
+    median seen colour.
     vertices (B, V, 3); cams (B, 3) weak perspective onto each photo's canvas -> (texture (size, size, 3) uint8,
     coverage (size, size) bool: texels seen in some photo).
     """
@@ -190,7 +191,9 @@ def project_texture(model: HandModel, vertices: np.ndarray, photos: list[Photo],
         renderer = Renderer(faces, side, parts=_face_incidence(faces, len(verts)), samples=1)
         out = renderer.render(verts[None], WeakPerspective(cam[None]), outputs=("mask", "normals", "parts"))
         renderer.release()
-        mask = out["mask"][0] & (out["normals"][0][..., 2] < -0.3)  # facing the camera (OpenCV: +z away)
+        # facing the camera (OpenCV: +z away), and off the silhouette's rim, where the fit may cover background
+        mask = out["mask"][0] & (out["normals"][0][..., 2] < -0.3)
+        mask = ndimage.binary_erosion(mask, iterations=max(1, side // 128))
         h, w = photo.image.shape[:2]
         mask[h:], mask[:, w:] = False, False
         ys, xs = np.nonzero(mask)
@@ -209,9 +212,10 @@ def project_texture(model: HandModel, vertices: np.ndarray, photos: list[Photo],
     texture = np.zeros((size * size, 3))
     if seen.any():
         texture[seen] = total[seen] / weight[seen, None]
-        nearest = ndimage.distance_transform_edt(~seen.reshape(size, size), return_distances=False,
-                                                 return_indices=True)
+        distance, nearest = ndimage.distance_transform_edt(~seen.reshape(size, size), return_indices=True)
         texture = texture.reshape(size, size, 3)[nearest[0], nearest[1]]
+        far = distance > size / 64  # beyond a seam's width: the typical seen colour, not a smear of the nearest
+        texture[far] = np.median(total[seen] / weight[seen, None], axis=0)
     else:
         texture[:] = np.array(export.SKIN_COLOR[:3]) * 255
     return np.round(texture).astype(np.uint8).reshape(size, size, 3), seen.reshape(size, size)
@@ -231,8 +235,8 @@ def _barycentric(tri: np.ndarray, p: np.ndarray) -> np.ndarray:
 
 def fit_picture(model: HandModel, vertices: np.ndarray, photo: Photo, cam: np.ndarray,
                 fitted_px: np.ndarray, texture: np.ndarray | None = None) -> Image.Image:
-    """The photo with the fitted mesh blended over it, detected keypoints (red) and fitted ones (green), shown
-    the way the photo was taken (mirrored back for a left hand)."""
+    """The photo with the fitted mesh blended over it, the detected skeleton (OpenPose colours) and the fitted
+    keypoints (white rings), shown the way the photo was taken (mirrored back for a left hand)."""
     side = _canvas(photo)
     h, w = photo.image.shape[:2]
     background = np.zeros((side, side, 3), np.uint8)
@@ -243,13 +247,12 @@ def fit_picture(model: HandModel, vertices: np.ndarray, photo: Photo, cam: np.nd
     out = renderer.render(vertices[None], WeakPerspective(cam[None]), texture=texture if textured else None,
                           outputs=("image", "mask"))
     renderer.release()
-    blend = np.where(out["mask"][0][..., None], 0.35 * background + 0.65 * out["image"][0], background)
-    picture = Image.fromarray(np.round(blend[:h, :w]).astype(np.uint8))
-    draw = ImageDraw.Draw(picture)
-    radius = max(2.0, max(h, w) / 200)
-    for xy, colour in ((photo.keypoints[photo.keypoints[:, 2] > 0, :2], (230, 40, 40)), (fitted_px, (40, 200, 60))):
-        for x, y in xy:
-            draw.ellipse([x - radius, y - radius, x + radius, y + radius], outline=colour, width=2)
+    blend = draw.overlay(background, out["image"][0], out["mask"][0], alpha=0.65)[:h, :w]
+    picture = Image.fromarray(draw.draw_skeleton(blend, photo.keypoints, threshold=0.0))
+    pen = ImageDraw.Draw(picture)
+    radius = max(2.0, max(h, w) / 150)
+    for x, y in fitted_px:
+        pen.ellipse([x - radius, y - radius, x + radius, y + radius], outline=(255, 255, 255), width=2)
     if photo.mirrored:
         picture = picture.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     return picture
