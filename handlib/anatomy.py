@@ -6,6 +6,8 @@ each joint gets a fixed frame from the rest skeleton (β = 0):
   bend   b: t × n with n the palm normal pointing out of the palm, so a positive bend curls towards the palm,
   spread s: the palm normal made perpendicular to t, signed so that a positive spread moves the bone towards the
             thumb side (radial abduction; for the thumb, away from the index finger).
+The thumb's nail faces partly sideways, so its three joints flex about an axis rolled THUMB_ROLL_DEG about the
+bone from that of the fingers (the built-in hand's thumb_roll, builtin_skeleton).
 The rotation is split as R = R_swing(spread·s + bend·b) · R_twist(twist·t) (swing-twist decomposition), which
 is exact, differentiable and independent of any Euler order. Limits are those of reference.md (manotorch's
 anatomy loss), in degrees, and apply to the articulation the mesh shows: hand_pose plus the model's mean pose
@@ -35,6 +37,8 @@ AXES = ("twist", "spread", "bend")
 # MANO's finger joints in kinematic order and the fingertip (in tip_ids order thumb, index, middle, ring, pinky)
 # that ends each finger.
 _LAST_JOINT_TIP = {3: 1, 6: 2, 9: 4, 12: 3, 15: 0}
+THUMB_ROLL_DEG = 55.0
+_THUMB = slice(12, 15)  # joints 13-15 among joints 1-15
 _EPS = 1e-20
 
 
@@ -53,8 +57,11 @@ def skeleton_frames(joints: torch.Tensor, tips: torch.Tensor, parents: torch.Ten
     palm = _unit(torch.linalg.cross(radial, up)) * (1.0 if side == "right" else -1.0)
     bend = _unit(torch.linalg.cross(twist, palm.expand_as(twist)))
     spread = torch.linalg.cross(bend, twist)
-    sign = torch.sign((torch.linalg.cross(spread, twist) * radial).sum(-1, keepdim=True))
-    return torch.stack([twist, spread * sign, bend], dim=1)
+    spread = spread * torch.sign((torch.linalg.cross(spread, twist) * radial).sum(-1, keepdim=True))
+    roll = torch.zeros(15, 1, dtype=joints.dtype, device=joints.device)
+    roll[_THUMB] = math.radians(THUMB_ROLL_DEG)
+    spread, bend = torch.cos(roll) * spread + torch.sin(roll) * bend, torch.cos(roll) * bend - torch.sin(roll) * spread
+    return torch.stack([twist, spread, bend], dim=1)
 
 
 def model_frames(model) -> torch.Tensor:
@@ -76,14 +83,19 @@ def joint_angles(hand_pose: torch.Tensor, model) -> torch.Tensor:
     return decompose(articulation(hand_pose, model).reshape(-1, 15, 3), model_frames(model).to(hand_pose))
 
 
+def limit_excess(hand_pose: torch.Tensor, model) -> torch.Tensor:
+    """Radians (B, 15, 3) by which each joint's (twist, spread, bend) lies outside its limits; 0 inside."""
+    return _beyond(joint_angles(hand_pose, model))
+
+
 def angle_violations(hand_pose: torch.Tensor, model) -> torch.Tensor:
     """Degrees (B, 15, 3) by which each joint's (twist, spread, bend) lies outside its limits; 0 inside."""
-    return torch.rad2deg(_beyond(joint_angles(hand_pose, model)))
+    return torch.rad2deg(limit_excess(hand_pose, model))
 
 
 def joint_limit_loss(hand_pose: torch.Tensor, model) -> torch.Tensor:
     """Sum of squared radians beyond the anatomical limits per hand (B,); 0 for a plausible pose."""
-    return _beyond(joint_angles(hand_pose, model)).square().sum((1, 2))
+    return limit_excess(hand_pose, model).square().sum((1, 2))
 
 
 def pose_from_angles(angles: torch.Tensor, model) -> torch.Tensor:

@@ -107,3 +107,13 @@ def test_the_mean_pose_counts_unless_the_model_is_flat():
     assert float(anatomy.joint_angles(zero, flat).abs().max()) < 1e-6
     with pytest.raises(ValueError, match="use_pca"):
         anatomy.joint_limit_loss(zero, HandModel(params, use_pca=True))
+
+
+def test_the_builtin_hands_natural_mean_pose_bends_inwards_within_the_limits():
+    """The built-in hand's mean pose is a relaxed curl: every joint flexes towards the palm (the thumb's about
+    its rolled axis), within a few degrees of the limits."""
+    for side in ("right", "left"):
+        model = HandModel.builtin(side)
+        zero = torch.zeros(1, 45)
+        assert float(anatomy.joint_angles(zero, model)[0, :, 2].min()) > math.radians(10)
+        assert float(anatomy.angle_violations(zero, model).max()) < 3.0

@@ -1,0 +1,191 @@
+import math
+
+import numpy as np
+import pytest
+import scipy.optimize
+import torch
+from scipy.spatial.transform import Rotation
+
+from handlib import anatomy, camera, fitting, solver
+from handlib import registrations as regs
+from handlib.fitlog import FitLog
+from handlib.model import HandModel
+from toy_hand import toy_params
+
+# the truth lies inside the joint limits, so the limit prior only keeps the fit out of far-off minima
+EXACT = fitting.FitConfig(pose_iters=10, shape_iters=5, both_iters=20, joint_limit_weight=10, vertex_subset=200)
+
+
+@pytest.fixture(scope="module")
+def builtin():
+    return HandModel.builtin()
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return HandModel(toy_params())
+
+
+@pytest.fixture(scope="module")
+def clean(builtin):
+    return regs.synthetic_registrations(builtin, n_subjects=2, scans_per_subject=3, noise_mm=0, smooth_noise_mm=0,
+                                        residual_mm=0, seed=11)
+
+
+def test_noise_free_registrations_are_recovered(builtin, clean):
+    fit = fitting.fit_registrations(builtin, torch.as_tensor(clean.vertices), EXACT)
+    assert float(fit.vertex_error.max()) < 1e-4  # metres: every vertex of every scan within 0.1 mm
+    assert np.abs(fit.betas.numpy() - clean.truth["betas"]).max() < 0.01
+    stages = [r["stage"] for r in fit.record]
+    assert stages[0] == "pose" and "shape" in stages and stages[-1] == "both"
+    assert fit.record[-1]["error"] < 1e-3 * fit.record[0]["error"]
+
+
+@pytest.mark.parametrize("variant", ["direct", "iterative"])
+def test_shared_beta_is_one_per_subject_and_recovered(builtin, clean, variant):
+    ids = torch.as_tensor(clean.subject_ids())
+    targets = torch.as_tensor(clean.vertices)
+    if variant == "direct":
+        fit = fitting.fit_registrations(builtin, targets, EXACT, subject_ids=ids)
+    else:
+        fit = fitting.fit_shared_iterative(builtin, targets, ids, EXACT, passes=1)
+    betas = fit.betas.numpy()
+    assert np.allclose(betas[:3], betas[0]) and np.allclose(betas[3:], betas[3])
+    assert np.abs(betas - clean.truth["betas"]).max() < 0.01
+    assert float(fit.vertex_error.max()) < 1e-4
+
+
+def test_vertex_subset_model_is_the_full_model_on_its_vertices(toy):
+    small, ids = fitting.vertex_subset_model(toy, 40)
+    g = torch.Generator().manual_seed(3)
+    args = dict(betas=torch.randn(5, 10, generator=g), hand_pose=0.4 * torch.randn(5, 45, generator=g),
+                global_orient=torch.randn(5, 3, generator=g), transl=torch.randn(5, 3, generator=g))
+    full, part = toy(**args), small(**args)
+    torch.testing.assert_close(part.vertices, full.vertices[:, ids], atol=1e-6, rtol=0)
+    torch.testing.assert_close(part.joints, full.joints, atol=1e-6, rtol=0)
+    torch.testing.assert_close(part.keypoints, full.keypoints, atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="vertex_subset"):
+        fitting.vertex_subset_model(toy, 20)
+
+
+def test_levenberg_marquardt_with_shared_parameters_matches_scipy():
+    """Rows fit y = c·exp(a·x) + d with (a, c) their own and d shared per group; scipy solves the flat problem."""
+    g = torch.Generator().manual_seed(4)
+    index = torch.tensor([0, 0, 1, 1, 1, 2])
+    x = torch.linspace(0, 1, 9, dtype=torch.float64)
+    a, c, d = torch.rand(6, generator=g) + 0.5, torch.rand(6, generator=g) + 1, torch.rand(3, generator=g)
+    y = (c[:, None] * torch.exp(a[:, None] * x) + d[index, None]).double()
+    y = y + 0.01 * torch.randn(y.shape, generator=g, dtype=torch.float64)  # a real least-squares optimum
+
+    def residuals(local, shared_rows):
+        pred = local[:, 1:2] * torch.exp(local[:, :1] * x) + shared_rows
+        return {"data": pred - y, "tie": 0.1 * local}, {"error": (pred - y).abs().mean(1)}
+
+    problem = solver.Problem(residuals, index, 3)
+    local, shared = solver.solve(problem, torch.ones(6, 2, dtype=torch.float64), torch.zeros(3, 1, dtype=torch.float64),
+                                 50, torch.ones(2, dtype=torch.bool), True, tolerance=1e-14)
+
+    def flat(p):
+        loc, sh = torch.as_tensor(p[:12]).view(6, 2), torch.as_tensor(p[12:]).view(3, 1)
+        blocks, _ = residuals(loc, sh[index])
+        return torch.cat([b.flatten() for b in blocks.values()]).numpy()
+    ref = scipy.optimize.least_squares(flat, np.concatenate([np.ones(12), np.zeros(3)]), xtol=1e-14, ftol=1e-14).x
+    np.testing.assert_allclose(local.flatten().numpy(), ref[:12], atol=1e-6)
+    np.testing.assert_allclose(shared.flatten().numpy(), ref[12:], atol=1e-6)
+
+
+def test_exact_2d_keypoints_are_recovered_within_a_pixel(builtin):
+    B, width, height = 4, 1600, 1200
+    g = torch.Generator().manual_seed(5)
+    pose = anatomy.pose_from_angles(anatomy.random_angles(B, g, margin_deg=10), builtin)
+    orient = torch.as_tensor(Rotation.random(B, random_state=5).as_rotvec(), dtype=torch.float32)
+    betas = torch.randn(B, 10, generator=g)
+    cam = torch.tensor([[6.0, 0.1, -0.05]]).repeat(B, 1)
+    with torch.no_grad():
+        kp = camera.weak_perspective(builtin(betas=betas, hand_pose=pose, global_orient=orient).keypoints, cam)
+    config = fitting.FitConfig(pose_iters=15, shape_iters=5, both_iters=30, joint_limit_weight=1.0)
+    fit = fitting.fit_keypoints_2d(builtin, kp, torch.ones(B, 21), config)
+    px = camera.normalized_to_pixels(fit.keypoints_2d, width, height) - camera.normalized_to_pixels(kp, width, height)
+    assert float(px.norm(dim=-1).max()) < 1.0
+    # the returned parameters reproduce the returned keypoints through the model
+    with torch.no_grad():
+        again = camera.weak_perspective(builtin(betas=fit.betas, hand_pose=fit.hand_pose,
+                                                global_orient=fit.global_orient).keypoints, fit.cam)
+    torch.testing.assert_close(again, fit.keypoints_2d, atol=1e-6, rtol=0)
+
+
+def test_certainty_zero_keypoints_do_not_pull(toy):
+    g = torch.Generator().manual_seed(6)
+    pose = anatomy.pose_from_angles(anatomy.random_angles(2, g, margin_deg=10), toy)
+    with torch.no_grad():
+        kp = camera.weak_perspective(toy(hand_pose=pose).keypoints, torch.tensor([[5.0, 0.0, 0.0]] * 2))
+    wrong = kp.clone()
+    wrong[:, 8] += 0.5  # the index tip far off, but with certainty 0
+    certainty = torch.ones(2, 21)
+    certainty[:, 8] = 0
+    fit = fitting.fit_keypoints_2d(toy, wrong, certainty, fitting.FitConfig(pose_iters=10, shape_iters=3, both_iters=15))
+    others = torch.ones(21, dtype=torch.bool)
+    others[8] = False
+    assert float((fit.keypoints_2d - kp)[:, others].norm(dim=-1).max()) < 1e-3
+
+
+def test_priors_against_independent_computations(toy):
+    g = torch.Generator().manual_seed(7)
+    pose, betas = torch.randn(3, 45, generator=g), torch.randn(3, 10, generator=g)
+    comps, mean = toy.hands_components.double().numpy(), toy.hands_mean.double().numpy()
+    coeffs = np.linalg.lstsq(comps.T, (pose.double().numpy() + mean - mean).T, rcond=None)[0].T  # c·C = θ - mean
+    np.testing.assert_allclose(fitting.pose_prior(pose, toy).numpy(), (coeffs ** 2).sum(1), rtol=1e-4)
+    config = fitting.FitConfig(beta_weight=0.5, pose_prior_weight=2.0, joint_limit_weight=3.0)
+    blocks = fitting.prior_residuals(pose, betas, toy, config)
+    cost = {k: v.square().sum(1) for k, v in blocks.items()}
+    torch.testing.assert_close(cost["beta"], 0.5 * betas.square().sum(1))
+    torch.testing.assert_close(cost["pose_prior"], 2.0 * fitting.pose_prior(pose, toy))
+    torch.testing.assert_close(cost["joint_limits"], 3.0 * anatomy.joint_limit_loss(pose, toy))
+    assert fitting.prior_residuals(pose, betas, toy, fitting.FitConfig()) == {}
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "lbfgs"])
+def test_first_order_optimizers_fit_too(toy, optimizer):
+    made = regs.synthetic_registrations(toy, n_subjects=3, scans_per_subject=1, noise_mm=0, smooth_noise_mm=0,
+                                        residual_mm=0, seed=8)
+    config = fitting.FitConfig(pose_iters=20, shape_iters=10, both_iters=60, optimizer=optimizer,
+                               lr=0.1 if optimizer == "adam" else 1.0)
+    fit = fitting.fit_registrations(toy, torch.as_tensor(made.vertices), config)
+    assert fit.record[-1]["error"] < 0.25 * fit.record[0]["error"]
+    assert fit.mean_error_mm() == pytest.approx(fit.record[-1]["error"], rel=0.2)
+
+
+def test_bad_input_is_refused_with_a_reason(toy):
+    V = len(toy.v_template)
+    with pytest.raises(ValueError, match=rf"\(B, {V}, 3\).*\(2, 100, 3\)"):
+        fitting.fit_registrations(toy, torch.zeros(2, 100, 3))
+    nan = torch.zeros(3, V, 3)
+    nan[1, 4, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"registrations \[1\] contain NaN"):
+        fitting.fit_registrations(toy, nan)
+    with pytest.raises(ValueError, match="subject_ids must have shape"):
+        fitting.fit_registrations(toy, torch.zeros(3, V, 3), subject_ids=torch.zeros(2))
+    with pytest.raises(ValueError, match="optimizer"):
+        fitting.FitConfig(optimizer="sgd")
+    with pytest.raises(ValueError, match=r"keypoints must be \(B, 21, 2\)"):
+        fitting.fit_keypoints_2d(toy, torch.zeros(2, 16, 2))
+    with pytest.raises(ValueError, match="certainties must be >= 0"):
+        fitting.fit_keypoints_2d(toy, torch.zeros(2, 21, 2), -torch.ones(2, 21))
+    with pytest.raises(ValueError, match="use_pca=False"):
+        fitting.fit_registrations(HandModel(toy_params(), use_pca=True), torch.zeros(1, V, 3))
+
+
+def test_the_log_holds_losses_and_progress_pictures(toy, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    made = regs.synthetic_registrations(toy, n_subjects=2, scans_per_subject=1, seed=9)
+    log = FitLog(tmp_path, toy, registrations=made.vertices, image_every=5, show=2, size=64)
+    fitting.fit_registrations(toy, torch.as_tensor(made.vertices),
+                              fitting.FitConfig(pose_iters=3, shape_iters=2, both_iters=3, vertex_subset=40), log=log)
+    log.close()
+    events = EventAccumulator(str(tmp_path), size_guidance={"images": 0}).Reload()
+    assert {"fit/loss", "fit/data", "fit/error"} <= set(events.Tags()["scalars"])
+    assert len(events.Scalars("fit/loss")) == log.steps
+    images = events.Images("fit/progress")
+    assert len(images) == log.pictures >= 3  # one per stage end at least
+    assert (images[0].height, images[0].width) == (2 * 64 + 6, 2 * 64 + 6)  # 2 x 2 tiles, draw.grid padding
