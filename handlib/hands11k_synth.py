@@ -7,6 +7,8 @@ Each subject has a fixed β and a fixed skin texture of one of the four skinColo
 a little (flat_pose_angles), the tilt, the in-plane roll, the placement and the light.
 """
 
+import functools
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -60,6 +62,15 @@ class _Maker:
         self.textures = {}
         self.seed = seed
 
+    def fingerprint(self) -> str:
+        """A digest of what the images depend on besides the settings: the models and the first skin textures."""
+        digest = hashlib.sha256()
+        for side, m in self.models.items():
+            for array in (m.v_template, m.shapedirs, m.lbs_weights, m.faces, m.vt):
+                digest.update(array.numpy().tobytes())
+            digest.update(self.texture(0, side).tobytes())
+        return digest.hexdigest()[:16]
+
     def texture(self, subject: int, side: str) -> np.ndarray:
         if (subject, side) not in self.textures:
             rng = np.random.default_rng([self.seed, 2, subject])  # same draws for both sides: one person
@@ -93,6 +104,12 @@ class _Maker:
         return image, kp2d
 
 
+@functools.lru_cache(maxsize=1)
+def _maker(subjects: int, seed: int, model: str) -> _Maker:
+    """The last maker, kept: building one (models, atlases, renderers) takes seconds."""
+    return _Maker(subjects, seed, model)
+
+
 def _place(verts: np.ndarray, kp3d: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Move the hand in front of the camera: its box spans 65-85% of the image height, somewhat off centre."""
     lo, hi = verts.min(0), verts.max(0)
@@ -105,31 +122,35 @@ def _place(verts: np.ndarray, kp3d: np.ndarray, rng: np.random.Generator) -> tup
 
 def generate(root: str | os.PathLike, subjects: int = 8, images_per_subject: int = 8, seed: int = 0,
              model: str = "builtin", progress: bool = True) -> Path:
-    """Write (or finish) the dataset in `root`; images already there are kept. Returns `root`.
+    """Write (or finish) the dataset in `root`; returns `root`.
 
+    Images already there are kept when they were made with the same settings, hand model and skin textures
+    (`generated.json`); otherwise every image is made again, so images and truth.json always agree.
     model: "builtin" (handlib's hand), or "default" (the real MANO model when data/mano/ holds it).
     """
     if model not in ("builtin", "default"):
         raise ValueError(f"model must be 'builtin' or 'default', got {model!r}")
     root = Path(root)
-    settings = {"subjects": subjects, "images_per_subject": images_per_subject, "seed": seed, "model": model}
-    settings_path = root / SETTINGS_FILE
-    if settings_path.exists() and json.loads(settings_path.read_text()) != settings:
-        raise ValueError(f"{root} holds a generated dataset with other settings ({settings_path}); "
-                         "use another folder or delete it")
-    atomic_write_text(settings_path, json.dumps(settings))
     rows = plan(subjects, images_per_subject, seed)
+    maker, truth = _maker(subjects, seed, model), []
+    settings = {"subjects": subjects, "images_per_subject": images_per_subject, "seed": seed, "model": model,
+                "fingerprint": maker.fingerprint()}
+    settings_path = root / SETTINGS_FILE
+    keep = settings_path.exists() and json.loads(settings_path.read_text()) == settings
+    if settings_path.exists() and not keep:
+        print(f"{root}: made with other settings or another hand model or skin: making every image again")
+    settings_path.unlink(missing_ok=True)  # until every image agrees with the settings again
     hands11k.write_hand_info(root / "HandInfo.csv", rows)
-    maker, truth = _Maker(subjects, seed, model), []
     for index, row in enumerate(tqdm(rows, desc="11K-style images", disable=not progress)):
         path = root / "Hands" / row.image_name
-        image, kp2d = maker.make(row, index, render=not path.exists())
+        image, kp2d = maker.make(row, index, render=not (keep and path.exists()))
         if image is not None:
             with atomic_path(path) as tmp:
                 Image.fromarray(image).save(tmp, format="JPEG", quality=92)
         joints = np.concatenate([kp2d, np.ones((21, 1))], axis=1)
         truth.append(hands11k.Sample(row.image_name, joints, row.subject, row.side, row.aspect))
     hands11k.save_samples(root / TRUTH_FILE, truth)
+    atomic_write_text(settings_path, json.dumps(settings))
     return root
 
 

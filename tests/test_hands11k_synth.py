@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 
@@ -35,13 +37,18 @@ def test_truth_lies_on_the_rendered_hand(generated):
         assert 0.45 * 1200 < size < 0.95 * 1200  # the hand fills most of the photo's height
 
 
-def test_generation_resumes_and_refuses_other_settings(generated):
+def test_generation_resumes_and_remakes_everything_for_other_settings(generated):
     first = (generated / "Hands" / "Hand_0000005.jpg").read_bytes()
     (generated / "Hands" / "Hand_0000005.jpg").unlink()
+    stamp = (generated / "Hands" / "Hand_0000000.jpg").stat().st_mtime_ns
     hands11k_synth.generate(generated, subjects=2, images_per_subject=4, seed=3, progress=False)
     assert (generated / "Hands" / "Hand_0000005.jpg").read_bytes() == first  # the same image again
-    with pytest.raises(ValueError, match="other settings"):
-        hands11k_synth.generate(generated, subjects=3, images_per_subject=4, seed=3, progress=False)
+    assert (generated / "Hands" / "Hand_0000000.jpg").stat().st_mtime_ns == stamp  # kept, not made again
+    settings = json.loads((generated / hands11k_synth.SETTINGS_FILE).read_text())
+    (generated / hands11k_synth.SETTINGS_FILE).write_text(json.dumps({**settings, "fingerprint": "another hand"}))
+    hands11k_synth.generate(generated, subjects=2, images_per_subject=4, seed=3, progress=False)
+    assert (generated / "Hands" / "Hand_0000000.jpg").stat().st_mtime_ns != stamp
+    assert json.loads((generated / hands11k_synth.SETTINGS_FILE).read_text()) == settings
 
 
 def test_mediapipe_finds_the_generated_hands_with_the_right_side(generated, tmp_path):
