@@ -53,15 +53,30 @@ class Light(NamedTuple):
 def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     """Area-weighted unit vertex normals: vertices (B, V, 3), faces (F, 3) -> (B, V, 3); 0 for unused vertices."""
     B, V, _ = vertices.shape
-    a, b, c = (vertices[:, faces[:, k]] for k in range(3))  # (B, F, 3) each
-    face_normals = np.cross(b - a, c - a)  # (B, F, 3), length = 2 * area
     F = len(faces)
+    face_normals = _face_normals(vertices, faces)  # (B, F, 3), length = 2 * area
     incidence = scipy.sparse.csr_matrix(
         (np.ones(3 * F, np.float32), (faces.T.ravel(), np.tile(np.arange(F), 3))), shape=(V, F))
     summed = incidence @ face_normals.transpose(1, 0, 2).reshape(F, B * 3)  # (V, B * 3)
     summed = np.ascontiguousarray(summed.reshape(V, B, 3).transpose(1, 0, 2), dtype=np.float32)
     length = np.linalg.norm(summed, axis=-1, keepdims=True)
     return np.divide(summed, length, out=np.zeros_like(summed), where=length > 0)
+
+
+def _face_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """(b - a) x (c - a) per face: (B, F, 3)."""
+    a, b, c = (vertices[:, faces[:, k]] for k in range(3))
+    u, v = b - a, c - a
+    return np.stack([u[..., 1] * v[..., 2] - u[..., 2] * v[..., 1], u[..., 2] * v[..., 0] - u[..., 0] * v[..., 2],
+                     u[..., 0] * v[..., 1] - u[..., 1] * v[..., 0]], axis=-1)
+
+
+def _closed(faces: np.ndarray) -> bool:
+    """Whether every edge joins exactly two faces that cross it in opposite directions (closed, consistent)."""
+    directed = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
+    forward = np.unique(directed, axis=0)
+    backward = np.unique(directed[:, ::-1], axis=0)
+    return len(forward) == len(directed) and np.array_equal(forward, backward)
 
 
 def part_labels(weights: ArrayLike) -> np.ndarray:
@@ -79,8 +94,9 @@ _MESH_VS = """#version 450
 """ + _STRUCT + """
 layout(std430, binding = 0) readonly buffer Positions { float positions[]; };  // (B, V, 3)
 layout(std430, binding = 1) readonly buffer Normals { float normals[]; };  // (B, V, 3)
-layout(std430, binding = 2) readonly buffer CornerVertex { int corner_vertex[]; };  // (3 F,)
-layout(std430, binding = 3) readonly buffer CornerUV { vec2 corner_uv[]; };  // (3 F, 2)
+// drawn vertices: one per distinct (vertex, UV) pair, so UV seams split vertices and the rest are shared
+layout(std430, binding = 2) readonly buffer DrawnVertex { int drawn_vertex[]; };  // (D,) mesh vertex
+layout(std430, binding = 3) readonly buffer DrawnUV { vec2 drawn_uv[]; };  // (D, 2)
 uniform int num_vertices;
 uniform int columns;
 uniform vec2 tile_scale;  // tile size / framebuffer size
@@ -95,11 +111,11 @@ out float gl_ClipDistance[4];
 
 void main() {
     int s = gl_InstanceID;
-    int i = 3 * (s * num_vertices + corner_vertex[gl_VertexID]);
+    int i = 3 * (s * num_vertices + drawn_vertex[gl_VertexID]);
     vec4 camera = samples[s].view * vec4(positions[i], positions[i + 1], positions[i + 2], 1.0);
     v_camera = camera.xyz;
     v_normal = mat3(samples[s].view) * vec3(normals[i], normals[i + 1], normals[i + 2]);
-    v_uv = corner_uv[gl_VertexID];
+    v_uv = drawn_uv[gl_VertexID];
     // smooth (Gouraud) shading: per-vertex light, interpolated; cheap where fragments dominate the cost
     float lambert = dot(normalize(v_normal), -normalize(samples[s].light_dir.xyz));
     v_light_front = samples[s].ambient.rgb + max(lambert, 0.0) * samples[s].diffuse.rgb;
@@ -163,9 +179,12 @@ void main() {
 """
 
 _COMPOSITE_FS = """#version 450
+// MSAA, SUPERSAMPLE_X and SUPERSAMPLE_Y are defined per renderer: constant loops unroll
+#if MSAA > 1
 uniform sampler2DMS coverage;  // the colour pass (supersampled, multisampled), over its background or transparent
-uniform int msaa;
-uniform ivec2 supersample;
+#else
+uniform sampler2D coverage;  // one sample: a plain texture, rasterised exactly as the other outputs
+#endif
 uniform ivec2 tile_size;
 uniform int columns;
 uniform bool background_image;
@@ -177,11 +196,11 @@ layout(location = 0) out vec4 f_color;
 void main() {
     ivec2 pixel = ivec2(gl_FragCoord.xy);
     vec4 color = vec4(0.0);
-    for (int y = 0; y < supersample.y; ++y)
-        for (int x = 0; x < supersample.x; ++x)
-            for (int k = 0; k < msaa; ++k)
-                color += texelFetch(coverage, pixel * supersample + ivec2(x, y), k);
-    color /= float(supersample.x * supersample.y * msaa);
+    for (int y = 0; y < SUPERSAMPLE_Y; ++y)
+        for (int x = 0; x < SUPERSAMPLE_X; ++x)
+            for (int k = 0; k < MSAA; ++k)
+                color += texelFetch(coverage, pixel * ivec2(SUPERSAMPLE_X, SUPERSAMPLE_Y) + ivec2(x, y), k);
+    color /= float(SUPERSAMPLE_X * SUPERSAMPLE_Y * MSAA);
     if (background_image) {  // the colour pass was cleared transparent: composite (premultiplied) here
         ivec2 tile = pixel / tile_size;
         int layer = background_per_sample ? first_sample + tile.y * columns + tile.x : 0;
@@ -222,13 +241,14 @@ class Renderer:
     faces (F, 3); image_size H or (H, W); vt (T, 2) / ft (F, 3): UVs (v up) and per-face UV indices for
     textures; parts: per-vertex labels (V,) or skinning weights (V, J), one label per face (the label with the
     largest summed weight over the face's corners); samples: antialiasing samples per pixel (MSAA up to the
-    driver's limit, supersampling on top); max_memory: bytes of framebuffers for one chunk of the batch (the
+    driver's limit, supersampling on top); cull: skip faces turned away from the camera (default: when the mesh is
+    closed, where they are always hidden; per chunk, only when all its samples have one orientation); max_memory: bytes of framebuffers for one chunk of the batch (the
     batch is drawn in as few chunks as fit).
     """
 
     def __init__(self, faces: ArrayLike, image_size: int | tuple[int, int], vt: ArrayLike | None = None,
                  ft: ArrayLike | None = None, parts: ArrayLike | None = None, samples: int = 8,
-                 max_memory: int = 2 ** 28) -> None:
+                 cull: bool | None = None, max_memory: int = 2 ** 28) -> None:
         self.ctx = get_context()
         self.faces = _numpy(faces, np.int32)  # (F, 3)
         if self.faces.ndim != 2 or self.faces.shape[1] != 3:
@@ -239,19 +259,27 @@ class Renderer:
         self.textured = vt is not None
         if (vt is None) != (ft is None):
             raise ValueError("vt and ft come together: give both or neither")
-        corner_uv = np.zeros((3 * len(self.faces), 2), np.float32)
-        if self.textured:
-            corner_uv = _numpy(vt)[_numpy(ft, np.int64).ravel()]
+        corner_uv = np.zeros((3 * len(self.faces), 1), np.int64) if vt is None else _numpy(ft, np.int64).reshape(-1, 1)
+        pairs, drawn_index = np.unique(np.concatenate([self.faces.reshape(-1, 1), corner_uv], axis=1), axis=0,
+                                       return_inverse=True)  # (D, 2) distinct (vertex, UV index), (3 F,)
+        drawn_uv = np.zeros((len(pairs), 2), np.float32) if vt is None else _numpy(vt)[pairs[:, 1]]
+        self.cull = _closed(self.faces) if cull is None else cull
         self.face_part = None if parts is None else self._face_parts(parts)
         self.max_memory = max_memory
 
         ctx = self.ctx
         self._mesh_color = ctx.program(vertex_shader=_MESH_VS, fragment_shader=_COLOR_FS)
         self._mesh_aux = ctx.program(vertex_shader=_MESH_VS, fragment_shader=_AUX_FS)
-        self._composite = ctx.program(vertex_shader=_FULLSCREEN_VS, fragment_shader=_COMPOSITE_FS)
-        self._vaos = {p: ctx.vertex_array(p, []) for p in (self._mesh_color, self._mesh_aux, self._composite)}
-        self._corner_vertex = ctx.buffer(self.faces.ravel())
-        self._corner_uv = ctx.buffer(corner_uv)
+        defines = (f"#define MSAA {self.msaa}\n#define SUPERSAMPLE_X {self.supersample[0]}\n"
+                   f"#define SUPERSAMPLE_Y {self.supersample[1]}\n")
+        self._composite = ctx.program(vertex_shader=_FULLSCREEN_VS,
+                                      fragment_shader=_COMPOSITE_FS.replace("\n", "\n" + defines, 1))
+        self._drawn_index = ctx.buffer(drawn_index.astype(np.int32))
+        self._vaos = {p: ctx.vertex_array(p, [], index_buffer=self._drawn_index, index_element_size=4)
+                      for p in (self._mesh_color, self._mesh_aux)}
+        self._vaos[self._composite] = ctx.vertex_array(self._composite, [])
+        self._drawn_vertex = ctx.buffer(pairs[:, 0].astype(np.int32))
+        self._drawn_uv = ctx.buffer(drawn_uv)
         self._face_part_buffer = ctx.buffer(
             np.zeros(len(self.faces), np.int32) if self.face_part is None else self.face_part.astype(np.int32))
         self._buffers: dict[str, moderngl.Buffer] = {}
@@ -291,8 +319,14 @@ class Renderer:
         if verts.ndim != 3 or verts.shape[1:] != (self.num_vertices, 3):
             raise ValueError(f"vertices must have shape (B, {self.num_vertices}, 3), got {tuple(verts.shape)}")
         B = len(verts)
-        block = _sample_block(*self._camera_matrices(camera, verts), Light() if light is None else light, color)
+        view, proj = self._camera_matrices(camera, verts)
+        block = _sample_block(view, proj, Light() if light is None else light, color)
         normals = vertex_normals(verts, self.faces)
+        # +1 where the winding turns outwards as seen by the camera, -1 inwards (mirrored), 0 flat
+        orientation = np.zeros(B)
+        if self.cull:
+            volume = np.einsum("bfi,bfi->b", verts[:, self.faces[:, 0]], _face_normals(verts, self.faces))
+            orientation = np.sign(volume * np.linalg.det(view[:, :3, :3]))
         if np.ndim(background) >= 3:
             background = _images(background, B, (self.height, self.width), "background")  # (1 or B, H, W, 3)
             self._upload_images("background", background, mipmaps=False)
@@ -321,12 +355,16 @@ class Renderer:
         rows = math.ceil(chunk / columns)
         for start in range(0, B, chunk):
             stop = min(start + chunk, B)
+            # a closed mesh hides the faces turned away from the camera: skip them when all agree which they are
+            turn = orientation[start:stop]
+            cull = "back" if (turn > 0).all() else "front" if (turn < 0).all() else None
+            part = _Chunk(start, stop, rows, columns, cull)
             self._upload_chunk(verts[start:stop], normals[start:stop], block[start:stop], rows * columns)
             if "image" in outputs:
-                chunk_background = background if background.ndim == 4 else background[start:stop]
-                self._draw_color(stop - start, rows, columns, texture, chunk_background, start, result["image"])
+                self._draw_color(part, texture, background if background.ndim == 4 else background[start:stop],
+                                 result["image"])
             if aux:
-                self._draw_aux(stop - start, rows, columns, outputs, start, result)
+                self._draw_aux(part, outputs, result)
         if "mask" in outputs:
             result["mask"] = np.isfinite(result["depth"])
         if "depth" not in outputs and "depth" in result:
@@ -388,8 +426,8 @@ class Renderer:
         padded[:len(block)] = block
         self._buffer("positions", verts).bind_to_storage_buffer(0)
         self._buffer("normals", normals).bind_to_storage_buffer(1)
-        self._corner_vertex.bind_to_storage_buffer(2)
-        self._corner_uv.bind_to_storage_buffer(3)
+        self._drawn_vertex.bind_to_storage_buffer(2)
+        self._drawn_uv.bind_to_storage_buffer(3)
         self._buffer("samples", padded).bind_to_storage_buffer(4)
         self._face_part_buffer.bind_to_storage_buffer(5)
 
@@ -418,8 +456,9 @@ class Renderer:
         ctx, W, H = self.ctx, columns * self.width, rows * self.height
         if kind == "color":
             sx, sy = self.supersample
-            coverage = ctx.texture((W * sx, H * sy), 4, samples=self.msaa)
-            depth = ctx.depth_renderbuffer((W * sx, H * sy), samples=self.msaa)
+            samples = self.msaa if self.msaa > 1 else 0
+            coverage = ctx.texture((W * sx, H * sy), 4, samples=samples)
+            depth = ctx.depth_renderbuffer((W * sx, H * sy), samples=samples)
             out = ctx.renderbuffer((W, H), 4)
             objects = (ctx.framebuffer([coverage], depth), ctx.framebuffer([out]), coverage, depth, out)
         else:
@@ -433,19 +472,27 @@ class Renderer:
         self._framebuffers[key] = objects
         return objects
 
-    def _mesh_state(self, program: moderngl.Program, columns: int, rows: int) -> None:
+    def _draw_mesh(self, program: moderngl.Program, part: "_Chunk") -> None:
         program["num_vertices"] = self.num_vertices
-        program["columns"] = columns
-        program["tile_scale"] = (1 / columns, 1 / rows)
-        self.ctx.enable(moderngl.DEPTH_TEST)
-        self.ctx.disable(moderngl.CULL_FACE | moderngl.BLEND)
-        self.ctx.front_face = "cw"  # clip y is down (as in the image), which mirrors the winding
+        program["columns"] = part.columns
+        program["tile_scale"] = (1 / part.columns, 1 / part.rows)
+        ctx = self.ctx
+        ctx.enable(moderngl.DEPTH_TEST)
+        ctx.disable(moderngl.BLEND)
+        ctx.front_face = "cw"  # clip y is down (as in the image), which mirrors the winding
+        if part.cull:
+            ctx.enable(moderngl.CULL_FACE)
+            ctx.cull_face = part.cull
+        else:
+            ctx.disable(moderngl.CULL_FACE)
         for k in range(4):
-            self.ctx.enable_direct(0x3000 + k)  # GL_CLIP_DISTANCE0 + k
+            ctx.enable_direct(0x3000 + k)  # GL_CLIP_DISTANCE0 + k
+        self._vaos[program].render(moderngl.TRIANGLES, vertices=3 * len(self.faces), instances=part.stop - part.start)
+        ctx.disable(moderngl.CULL_FACE)
 
-    def _draw_color(self, n: int, rows: int, columns: int, texture, background, start: int,
-                    out: np.ndarray) -> None:
+    def _draw_color(self, part: "_Chunk", texture, background: np.ndarray, out: np.ndarray) -> None:
         """The image pass: background colours are cleared in (colour, alpha 0), so resolving composites them."""
+        start, stop, rows, columns, _ = part
         msaa_fbo, out_fbo, coverage, *_ = self._framebuffer("color", rows, columns)
         program = self._mesh_color
         msaa_fbo.use()
@@ -457,22 +504,19 @@ class Renderer:
             tw, th = self.width * sx, self.height * sy
             for k, rgb in enumerate(background):
                 msaa_fbo.clear(*rgb, 0.0, depth=1.0, viewport=(k % columns * tw, k // columns * th, tw, th))
-        self._mesh_state(program, columns, rows)
         program["textured"] = texture is not None
         if texture is not None:
             program["texture_per_sample"] = self._textures["albedo"].size[2] > 1
             program["first_sample"] = start
             program["albedo_map"] = 0
             self._textures["albedo"].use(0)
-        self._vaos[program].render(moderngl.TRIANGLES, vertices=3 * len(self.faces), instances=n)
+        self._draw_mesh(program, part)
 
         composite = self._composite
         out_fbo.use()
         self.ctx.disable(moderngl.DEPTH_TEST)
         composite["coverage"] = 1
         coverage.use(1)
-        composite["msaa"] = self.msaa
-        composite["supersample"] = self.supersample
         composite["tile_size"] = (self.width, self.height)
         composite["columns"] = columns
         composite["background_image"] = image
@@ -484,18 +528,19 @@ class Renderer:
         self._vaos[composite].render(moderngl.TRIANGLES, vertices=3)
         atlas = np.empty((rows * self.height, columns * self.width, 3), np.uint8)
         out_fbo.read_into(atlas, components=3)
-        out[start:start + n] = _untile(atlas, rows, columns, n)
+        out[start:stop] = _untile(atlas, rows, columns, stop - start)
 
-    def _draw_aux(self, n: int, rows: int, columns: int, outputs, start: int, result: dict) -> None:
+    def _draw_aux(self, part: "_Chunk", outputs: tuple[str, ...], result: dict) -> None:
+        start, stop, rows, columns, _ = part
+        n = stop - start
         fbo, depth_fbo, normal_fbo, part_fbo, *_ = self._framebuffer("aux", rows, columns)
         fbo.clear(0.0, 0.0, 0.0, 0.0, depth=1.0)  # clears the normals too
         depth_fbo.clear(math.inf, 0.0, 0.0, 0.0)
         part_fbo.clear(-1.0, 0.0, 0.0, 0.0)
         fbo.use()
         program = self._mesh_aux
-        self._mesh_state(program, columns, rows)
         program["has_parts"] = self.face_part is not None
-        self._vaos[program].render(moderngl.TRIANGLES, vertices=3 * len(self.faces), instances=n)
+        self._draw_mesh(program, part)
         H, W = rows * self.height, columns * self.width
         depth = np.empty((H, W, 1), np.float32)
         depth_fbo.read_into(depth, components=1, dtype="f4")
@@ -511,13 +556,22 @@ class Renderer:
 
     def release(self) -> None:
         """Free this renderer's GL objects now (they are otherwise freed with the context)."""
-        objects = [self._mesh_color, self._mesh_aux, self._composite, *self._vaos.values(), self._corner_vertex,
-                   self._corner_uv, self._face_part_buffer, *self._buffers.values(), *self._textures.values()]
+        objects = [self._mesh_color, self._mesh_aux, self._composite, *self._vaos.values(), self._drawn_index,
+                   self._drawn_vertex, self._drawn_uv, self._face_part_buffer, *self._buffers.values(), *self._textures.values()]
         for fbo_objects in self._framebuffers.values():
             objects.extend(fbo_objects)
         for obj in objects:
             obj.release()
         self._buffers, self._textures, self._framebuffers = {}, {}, {}
+
+
+class _Chunk(NamedTuple):
+    """Samples start:stop of a batch, drawn together in a rows x columns tiling."""
+    start: int
+    stop: int
+    rows: int
+    columns: int
+    cull: str | None  # "back", "front" or None
 
 
 def _sample_block(view: np.ndarray, proj: np.ndarray, light: Light, color: ArrayLike) -> np.ndarray:

@@ -33,13 +33,13 @@ def pinhole(fx=110.0, fy=95.0, cx=W / 2 - 3.3, cy=H / 2 + 2.1):
     return np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1]], np.float32)
 
 
-def project(verts, cam):
+def project(verts, cam, height=H, width=W):
     """Pixels (B, V, 2) by handlib.camera, the conventions the renderer must follow."""
     v = torch.tensor(np.asarray(verts), dtype=torch.float64)
     if isinstance(cam, WeakPerspective):
-        return camera.normalized_to_pixels(camera.weak_perspective(v, torch.as_tensor(cam.cam, dtype=torch.float64)),
-                                           W, H).numpy()
-    K, R, t = (torch.as_tensor(x, dtype=torch.float64) for x in cam)
+        cam_ = torch.tensor(np.asarray(cam.cam), dtype=torch.float64)
+        return camera.normalized_to_pixels(camera.weak_perspective(v, cam_), width, height).numpy()
+    K, R, t = (None if x is None else torch.tensor(np.asarray(x), dtype=torch.float64) for x in cam)
     return camera.perspective(v, K, R, t).numpy()
 
 
@@ -80,7 +80,7 @@ def test_silhouette_matches_polygon_fill(kind):
 
 
 def _index(cam, b):
-    return type(cam)(*(x[b:b + 1] for x in cam))
+    return type(cam)(*(None if x is None else x[b:b + 1] for x in cam))
 
 
 def heightfield(cam):
@@ -268,6 +268,26 @@ def test_batch_equals_one_at_a_time_and_no_bleed():
     np.testing.assert_array_equal(batch["image"][2], np.full((H, W, 3), [255, 128, 0]))
 
 
+@pytest.mark.parametrize("chunk_per_sample", [False, True])
+def test_culling_hidden_faces_changes_nothing(chunk_per_sample):
+    """A closed mesh skips the faces turned away: outward, inside-out and mirrored samples render as without."""
+    verts, faces, world, weak, persp = cameras(3)
+    world = world.copy()
+    world[1] *= [-1, 1, 1]  # mirrored: its winding now turns inwards
+    plain = Renderer(faces, (H, W), cull=False)
+    memory = {"max_memory": H * W * (8 * 8 + 4 + 20)} if chunk_per_sample else {}
+    culled = Renderer(faces, (H, W), **memory)
+    inside_out = Renderer(faces[:, ::-1], (H, W), **memory)
+    assert culled.cull and not Renderer(uv_plane()[1], (H, W)).cull
+    outputs = ("image", "mask", "depth", "normals")
+    want = plain.render(world, weak, outputs=outputs)
+    for got in (culled.render(world, weak, outputs=outputs), inside_out.render(world, weak, outputs=outputs)):
+        np.testing.assert_array_equal(got["mask"], want["mask"])
+        np.testing.assert_allclose(got["image"], want["image"], atol=1)
+        np.testing.assert_allclose(got["depth"], want["depth"], atol=1e-4)  # ties on shared edges
+        np.testing.assert_allclose(got["normals"], want["normals"], atol=1e-3)
+
+
 def sphere_pixels(out, b, s, tx, ty, radius=1.0):
     """Closed form for a sphere at the origin under weak perspective: its unit normals at the covered pixels
     well inside the silhouette."""
@@ -414,3 +434,58 @@ def test_memory_flat_over_10000_renders():
         step()
     grown = rss_mb() - before
     assert grown < 8, f"resident memory grew {grown:.1f} MB over {180 * B} renders"
+
+
+@pytest.fixture(scope="module")
+def hand():
+    """The built-in hand in a few random poses (metres, about 0.2 m long)."""
+    from handlib.model import HandModel
+
+    model = HandModel.builtin()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        out = model(hand_pose=0.5 * torch.randn(3, 45, generator=g), global_orient=torch.randn(3, 3, generator=g))
+    verts = out.vertices.numpy()
+    return model, verts - verts.mean(axis=1, keepdims=True)
+
+
+def test_hand_silhouette_and_parts(hand):
+    model, verts = hand
+    faces = model.faces.numpy()
+    cam = Perspective(np.stack([pinhole(400, 400)] * 3), t=np.array([[0.0, 0.0, 0.45]] * 3, np.float32))
+    out = Renderer(faces, (H, W), parts=model.lbs_weights.numpy()).render(verts, cam, outputs=("mask", "parts"))
+    for b in range(3):
+        truth = polygon_fill(project(verts[b:b + 1], _index(cam, b))[0], faces)
+        iou = (out["mask"][b] & truth).sum() / (out["mask"][b] | truth).sum()
+        assert truth.sum() > 800 and iou >= 0.98, (b, iou)
+    assert set(np.unique(out["parts"])) <= set(range(-1, 16)) and len(np.unique(out["parts"])) > 8
+
+
+def test_hand_texture_round_trip(hand):
+    """A UV-coded texture through the hand's own atlas reads back, at every covered pixel centre, the UVs of the
+    face seen there (faces identified by per-face part labels) interpolated at that centre."""
+    model, verts = hand
+    faces, vt, ft = model.faces.numpy(), model.vt.numpy(), model.ft.numpy()
+    F, V = len(faces), len(verts[0])
+    face_ids = np.zeros((V, F), np.float32)
+    face_ids[faces.T.ravel(), np.tile(np.arange(F), 3)] = 1  # a face's corners sum to 3 only for its own label
+    cam = WeakPerspective(np.array([[7.0, 0.0, 0.0]] * 3))
+    renderer = Renderer(faces, 160, vt=vt, ft=ft, parts=face_ids, samples=1)  # one sample: the pixel centre
+    out = renderer.render(verts, cam, texture=uv_texture(1024), light=Light(diffuse=0.0, ambient=1.0),
+                          outputs=("image", "parts"))
+    for b in range(3):
+        ids = out["parts"][b].astype(np.int64)
+        a, c, d = (verts[b][faces[:, k]] for k in range(3))
+        n = np.cross(c - a, d - a)
+        facing = np.abs(n[:, 2]) > 0.3 * np.linalg.norm(n, axis=1)  # at grazing angles mipmaps blur the ramp
+        py, px = np.nonzero((ids >= 0) & facing[ids])
+        tri = project(verts[b:b + 1], _index(cam, b), 160, 160)[0][faces[ids[py, px]]]  # (N, 3, 2) pixels
+        # barycentric coordinates of the pixel centre (weak perspective keeps them affine)
+        e1, e2, p = tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0], np.stack([px, py], -1) - tri[:, 0]
+        det = e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]
+        l1 = (p[:, 0] * e2[:, 1] - p[:, 1] * e2[:, 0]) / det
+        l2 = (e1[:, 0] * p[:, 1] - e1[:, 1] * p[:, 0]) / det
+        uv = np.einsum("nk,nkj->nj", np.stack([1 - l1 - l2, l1, l2], -1), vt[ft[ids[py, px]]])
+        got = out["image"][b][py, px, :2] / 255
+        assert len(py) > 2000
+        np.testing.assert_allclose(got, uv, atol=4 / 255)
