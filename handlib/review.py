@@ -12,14 +12,16 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageDraw
 
+from handlib.draw import draw_skeleton
 from handlib.io import recover_jsonl
-from handlib.joints import OPENPOSE_PARENTS
 
 PASSES = {1: "wrist and image quality", 2: "fingers"}
 DECISIONS = ("accept", "reject")
-FINGER_COLOURS = [(230, 60, 60), (240, 170, 0), (40, 180, 60), (30, 140, 230), (170, 70, 220)]  # thumb..pinky
+PALM = [0, 1, 5, 9, 13, 17]  # the wrist and each finger's base, OpenPose order
+WRIST_RING = (255, 0, 0)
 
 
 class Review:
@@ -194,29 +196,20 @@ def in_jupyter_frontend() -> bool:
 
 
 def picture(path: str | os.PathLike, keypoints, pass_number: int, width: int = 800) -> bytes:
-    """PNG bytes of the image scaled to `width`, keypoints (21, 2+) drawn for the pass: pass 1 the wrist (large)
-    and the palm (wrist to each finger's base), pass 2 the whole skeleton."""
+    """PNG bytes of the image scaled to `width`, keypoints (21, 2+) drawn for the pass: pass 1 the palm (wrist to
+    each finger's base) with a ring round the wrist, pass 2 the whole skeleton (OpenPose colours)."""
     with Image.open(path) as im:
         im = im.convert("RGB")
     scale = width / im.width
     im = im.resize((width, round(im.height * scale)), Image.Resampling.BILINEAR)
-    xy = [(x * scale, y * scale) for x, y, *_ in keypoints]
-    d = ImageDraw.Draw(im)
-    radius = max(2, width // 200)
+    xy = np.asarray(keypoints, np.float64)[:, :2] * scale  # (21, 2)
+    shown = np.ones((21, 1)) if pass_number == 2 else np.isin(np.arange(21), PALM)[:, None].astype(float)
+    drawn = Image.fromarray(draw_skeleton(np.asarray(im), np.concatenate([xy, shown], axis=1), threshold=0.5))
     if pass_number == 1:
-        for k in (1, 5, 9, 13, 17):  # each finger's first joint
-            d.line([xy[0], xy[k]], fill=(0, 160, 255), width=radius)
-        x, y = xy[0]
-        d.ellipse([x - 4 * radius, y - 4 * radius, x + 4 * radius, y + 4 * radius], outline=(255, 0, 0), width=radius)
-    else:
-        for k, parent in enumerate(OPENPOSE_PARENTS):
-            colour = FINGER_COLOURS[(k - 1) // 4] if k else (255, 0, 0)
-            if parent >= 0:
-                d.line([xy[parent], xy[k]], fill=colour, width=radius)
-            x, y = xy[k]
-            d.ellipse([x - radius, y - radius, x + radius, y + radius], fill=colour)
+        x, y, r = *xy[0], max(8.0, width / 50)
+        ImageDraw.Draw(drawn).ellipse([x - r, y - r, x + r, y + r], outline=WRIST_RING, width=max(2, width // 300))
     out = io.BytesIO()
-    im.save(out, format="PNG")
+    drawn.save(out, format="PNG")
     return out.getvalue()
 
 

@@ -121,15 +121,17 @@ def test_picture_draws_the_pass_at_scale(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from handlib.review import FINGER_COLOURS, picture
+    from handlib.draw import OPENPOSE_COLORS
+    from handlib.review import WRIST_RING, picture
     Image.new("RGB", (400, 300), "white").save(tmp_path / "a.jpg")
     kp = np.array([[200, 250]] + [[40 + 16 * k, 60] for k in range(20)], float)  # wrist low, joints in a row
     one = np.asarray(Image.open(io.BytesIO(picture(tmp_path / "a.jpg", kp, 1, width=200))))
     two = np.asarray(Image.open(io.BytesIO(picture(tmp_path / "a.jpg", kp, 2, width=200))))
     assert one.shape == (150, 200, 3)
-    assert tuple(one[125, 100 - 8]) == (255, 0, 0)  # the wrist ring, radius 8 at half scale
-    assert tuple(one[30, 196 // 2]) == (255, 255, 255)  # pass 1 leaves the fingertips alone
-    assert tuple(two[30, (40 + 16 * 19) // 2]) == FINGER_COLOURS[4]  # pinky tip in pass 2
+    assert tuple(one[125, 100 - 8]) == WRIST_RING  # the ring round the wrist, radius 8 at this width
+    pinky_tip = (30, (40 + 16 * 19) // 2)
+    assert tuple(one[pinky_tip]) == (255, 255, 255)  # pass 1 leaves the fingers out
+    assert tuple(two[pinky_tip]) == tuple(OPENPOSE_COLORS[20])  # pass 2 draws them
 
 
 def test_headless_unless_a_jupyter_server_started_the_kernel(monkeypatch):
