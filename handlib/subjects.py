@@ -7,12 +7,14 @@ the network and the priors never saw them. Each subject gets `per_subject` photo
 
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from handlib import synthetic
-from handlib.io import atomic_write_text
+from handlib.io import atomic_path, atomic_write_text
 from handlib.shards import decode_image
 
 SEED = 906  # apart from the training sets' seeds
@@ -20,15 +22,19 @@ SEED = 906  # apart from the training sets' seeds
 
 def subject_photos(root: str | os.PathLike, subjects: int = 3, per_subject: int = 3, image_size: int = 384,
                    seed: int = SEED) -> list[dict]:
-    """Make (or reuse) the photos; one entry per subject: {"subject", "betas", "photos": [path], "sides",
+    """Make the photos (the same ones every time); one entry per subject: {"subject", "betas", "photos": [path], "sides",
     "truth": [sample dict without the image]}. A subject with fewer than `per_subject` photos drawn is skipped."""
     root = Path(root)
     config = synthetic.SyntheticConfig(samples=3 * subjects * per_subject, image_size=image_size, seed=seed,
                                        subjects=subjects, splits={"test": 1.0}, image_format="png",
                                        backgrounds={"white": 2.0, "plain": 1.0}, poses={"flat": 1.0},
                                        tilt_deg=20.0, roll_deg=30.0, fill=(0.6, 0.85))
-    synthetic.generate(root / "dataset", config)
-    data = synthetic.load(root / "dataset", "test")
+    with tempfile.TemporaryDirectory(dir=root.parent if root.parent.exists() else None) as scratch:
+        synthetic.generate(scratch, config)  # made afresh: a kept dataset would refuse a changed generator
+        return _write_subjects(root, synthetic.load(scratch, "test"), per_subject)
+
+
+def _write_subjects(root: Path, data, per_subject: int) -> list[dict]:
     by_subject: dict[int, list[int]] = {}
     for i in range(len(data)):
         by_subject.setdefault(int(data[i]["subject"]), []).append(i)
@@ -42,13 +48,9 @@ def subject_photos(root: str | os.PathLike, subjects: int = 3, per_subject: int 
             sample = data[i]
             side = synthetic.SIDES[int(sample["side"])]
             path = folder / f"photo_{k}_{side}.png"
-            if not path.exists():
-                from PIL import Image
-                folder.mkdir(parents=True, exist_ok=True)
-                image = sample["image"] if np.ndim(sample["image"]) == 3 else decode_image(sample["image"])
-                tmp = path.with_suffix(".tmp.png")
-                Image.fromarray(image).save(tmp)
-                os.replace(tmp, path)
+            image = sample["image"] if np.ndim(sample["image"]) == 3 else decode_image(sample["image"])
+            with atomic_path(path) as tmp:
+                Image.fromarray(image).save(tmp, format="PNG")
             paths.append(path)
             sides.append(side)
             truth.append({k: np.asarray(v).tolist() for k, v in sample.items() if k not in ("image", "parts",
