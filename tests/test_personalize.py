@@ -229,3 +229,14 @@ def test_rerunning_on_the_same_photos_gives_the_same_files(tmp_path):
                        env={**os.environ, "OMP_NUM_THREADS": "1"})
     one = {p.name: p.read_bytes() for p in (tmp_path / "one").iterdir()}
     assert len(one) == 6 and one == {p.name: p.read_bytes() for p in (tmp_path / "two").iterdir()}
+
+
+def test_command_names_unusable_photos(tmp_path):
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    run = subprocess.run([sys.executable, "-m", "handlib", "personalize", str(empty), str(tmp_path / "gone.png"),
+                          "--out", str(tmp_path / "out"), "--detector", f"openpose:{tmp_path}"],
+                         capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode != 0
+    assert f"{empty}: the file is empty" in run.stderr and f"{tmp_path / 'gone.png'}: no such file" in run.stderr
+    assert not (tmp_path / "out").exists()
