@@ -177,9 +177,9 @@ class ShardWriter:
             self._save()
         return problem is None
 
-    def write(self, name: str, arrays: Mapping, **info) -> None:
-        """Write shard `name` atomically, then record it (with `info`, e.g. split and sample range)."""
-        data = shard_bytes(arrays)
+    def write(self, name: str, data: bytes, **info) -> None:
+        """Write shard `name` (`shard_bytes` of its arrays) atomically, then record it (with `info`, e.g. split and
+        sample range)."""
         with atomic_path(self.root / name) as tmp:
             tmp.write_bytes(data)
         self.manifest["shards"][name] = {**info, "bytes": len(data), "sha256": sha256(data)}
@@ -232,6 +232,10 @@ class ShardDataset(torch.utils.data.Dataset):
             raise IndexError(f"sample {index} out of range for {len(self)} samples")
         shard = bisect.bisect_right(self.starts, index) - 1
         return shard, index - self.starts[shard]
+
+    def column(self, key: str) -> np.ndarray:
+        """A stacked field (e.g. labels) of every sample, in order, without reading the per-sample ones."""
+        return np.concatenate([self._shard(k)[1][key] for k in range(len(self.shards))])
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
         shard, row = self.locate(int(index))

@@ -47,26 +47,32 @@ class SkinAtlas:
 
 
 def rasterize_uv(vt: np.ndarray, ft: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Face index (S, S) (-1 where none) and barycentric weights (S, S, 3) of each atlas texel centre."""
+    """Face index (S, S) (-1 where none; the first face where several overlap) and barycentric weights (S, S, 3)
+    of each atlas texel centre."""
     corners = np.stack([vt[:, 0] * size - 0.5, (1 - vt[:, 1]) * size - 0.5], axis=1)[ft]  # (F, 3, 2) pixels
-    face = np.full((size, size), -1, np.int64)
-    bary = np.zeros((size, size, 3), np.float64)
-    for f, (a, b, c) in enumerate(corners):
-        lo = np.maximum(np.floor(np.minimum(np.minimum(a, b), c)), 0).astype(int)
-        hi = np.minimum(np.ceil(np.maximum(np.maximum(a, b), c)), size - 1).astype(int)
-        if (hi < lo).any():
-            continue
-        ys, xs = np.mgrid[lo[1]:hi[1] + 1, lo[0]:hi[0] + 1]
-        area = (b[0] - a[0]) * (c[1] - a[1]) - (b[1] - a[1]) * (c[0] - a[0])
-        if abs(area) < 1e-12:
-            continue
-        w1 = ((xs - a[0]) * (c[1] - a[1]) - (ys - a[1]) * (c[0] - a[0])) / area
-        w2 = ((b[0] - a[0]) * (ys - a[1]) - (b[1] - a[1]) * (xs - a[0])) / area
-        w = np.stack([1 - w1 - w2, w1, w2], axis=-1)
-        inside = (w >= -1e-9).all(-1) & (face[ys, xs] < 0)
-        face[ys[inside], xs[inside]] = f
-        bary[ys[inside], xs[inside]] = w[inside]
-    return face, bary
+    lo = np.clip(np.floor(corners.min(1)), 0, size - 1).astype(np.int64)                  # (F, 2) bounding boxes
+    hi = np.clip(np.ceil(corners.max(1)), 0, size - 1).astype(np.int64)
+    width, height = hi[:, 0] - lo[:, 0] + 1, hi[:, 1] - lo[:, 1] + 1
+    # every texel of every face's bounding box, face by face
+    counts = width * height
+    face = np.repeat(np.arange(len(ft)), counts)
+    local = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+    xs, ys = lo[face, 0] + local % width[face], lo[face, 1] + local // width[face]
+    a, b, c = (corners[face, k] for k in range(3))
+    area = (b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (b[:, 1] - a[:, 1]) * (c[:, 0] - a[:, 0])
+    ok = np.abs(area) > 1e-12
+    area = np.where(ok, area, 1.0)
+    w1 = ((xs - a[:, 0]) * (c[:, 1] - a[:, 1]) - (ys - a[:, 1]) * (c[:, 0] - a[:, 0])) / area
+    w2 = ((b[:, 0] - a[:, 0]) * (ys - a[:, 1]) - (b[:, 1] - a[:, 1]) * (xs - a[:, 0])) / area
+    w = np.stack([1 - w1 - w2, w1, w2], axis=-1)
+    inside = np.flatnonzero(ok & (w >= -1e-9).all(-1))
+    texel = ys[inside] * size + xs[inside]
+    _, first = np.unique(texel, return_index=True)  # candidates come in face order: the first face wins
+    pick = inside[first]
+    out_face = np.full(size * size, -1, np.int64)
+    out_bary = np.zeros((size * size, 3))
+    out_face[texel[first]], out_bary[texel[first]] = face[pick], w[pick]
+    return out_face.reshape(size, size), out_bary.reshape(size, size, 3)
 
 
 def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:

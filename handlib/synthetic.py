@@ -16,9 +16,11 @@ finger's radius of slack, since joints lie inside the flesh); the image; the sil
 (0 background, 1 + MANO joint index of the segment, handlib.joints.MANO_JOINT_NAMES).
 """
 
+import contextlib
 import dataclasses
 import hashlib
 import json
+import multiprocessing
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -31,7 +33,7 @@ from scipy.spatial.transform import Rotation
 from handlib import anatomy, backgrounds, camera, paths, shards, skin
 from handlib.io import atomic_write_text
 from handlib.mano_io import load_mano
-from handlib.model import HandModel
+from handlib.model import HandModel, find_mano
 from handlib.render import Light, Perspective, Renderer, WeakPerspective
 
 SIDES = ("right", "left")
@@ -244,7 +246,7 @@ class SampleMaker:
         self.models, self.frames, self.joint_frames, self.atlases, self.renderers, self.pca_std = {}, {}, {}, {}, {}, {}
         for side in SIDES:
             model, params, self.model_name = load_model(config.model, side)
-            model = self.models[side] = model.double()
+            self.models[side] = model
             self.joint_frames[side] = anatomy.model_frames(model)
             coeffs = np.asarray(params.get("hands_coeffs", np.zeros((0, 45))), np.float64)
             # natural poses scale each PCA component by its spread in the model's pose data when it has some
@@ -402,10 +404,9 @@ def _tick(timing: dict, name: str, clock: float) -> float:
 
 
 def load_model(kind: str, side: str) -> tuple[HandModel, dict, str]:
-    """(model, its MANO-layout params, a name) of the hand a dataset is made with (flat_hand_mean=False, as θ
-    is stored): kind "builtin", "mano" (data/mano/), or "default" (MANO when present, else the built-in)."""
-    path = next((p for p in (paths.mano_file(side), paths.mano_file(side).with_suffix(".npz")) if p.is_file()),
-                None)
+    """(model in float64, its MANO-layout params, a name) of the hand a dataset is made with (flat_hand_mean=False,
+    as θ is stored): kind "builtin", "mano" (data/mano/), or "default" (MANO when present, else the built-in)."""
+    path = find_mano(side)
     if kind == "builtin" or (kind == "default" and path is None):
         from handlib.builtin import builtin_params  # builds (once, then cached) the built-in hand
         params, name = builtin_params(side), "builtin"
@@ -414,16 +415,16 @@ def load_model(kind: str, side: str) -> tuple[HandModel, dict, str]:
                                 "model), or use model 'builtin'")
     else:
         params, name = load_mano(path, side=side)[0], str(path)
-    return HandModel(params, side=side), params, name
+    return HandModel(params, side=side, dtype=torch.float64), params, name
 
 
-def _model_fingerprint(maker: SampleMaker) -> dict:
-    digest = hashlib.sha256()
+def _model_fingerprint(config: SyntheticConfig) -> dict:
+    digest, name = hashlib.sha256(), None
     for side in SIDES:
-        digest.update(maker.models[side].v_template.numpy().tobytes())
-        digest.update(maker.models[side].shapedirs.numpy().tobytes())
-    return {"name": maker.model_name, "vertices": int(maker.models["right"].num_verts),
-            "sha256": digest.hexdigest()[:16]}
+        model, _, name = load_model(config.model, side)
+        digest.update(model.v_template.numpy().tobytes())
+        digest.update(model.shapedirs.numpy().tobytes())
+    return {"name": name, "vertices": int(model.num_verts), "sha256": digest.hexdigest()[:16]}
 
 
 def write_splits(root: Path, subjects: dict) -> None:
@@ -438,36 +439,69 @@ def write_splits(root: Path, subjects: dict) -> None:
     atomic_write_text(path, text)
 
 
-def generate(root: str | Path, config: SyntheticConfig | dict, progress: bool = False) -> dict:
-    """Generate (or resume) the dataset of `config` in folder `root`; return seconds spent per stage.
+def generate(root: str | Path, config: SyntheticConfig | dict, progress: bool = False, workers: int = 1) -> dict:
+    """Generate (or resume) the dataset of `config` in folder `root`, with `workers` processes; return the
+    seconds spent per stage (summed over workers) and `samples`, how many samples this call generated.
 
-    Shards already finished and intact are kept; a corrupt one is regenerated with a warning.
+    Shards already finished and intact are kept; a corrupt one is regenerated with a warning. Each shard is a
+    function of the configuration alone, so the files do not depend on `workers` or on interruptions.
     """
     config = config if isinstance(config, SyntheticConfig) else SyntheticConfig.from_dict(config)
     config.check()
     root = Path(root)
     subjects = make_subjects(config)
-    maker = SampleMaker(config, subjects)
-    header = {"generator": "handlib.synthetic", "config": config.as_json(), "model": _model_fingerprint(maker),
+    header = {"generator": "handlib.synthetic", "config": config.as_json(), "model": _model_fingerprint(config),
               "encoded": ["image"], "splits_file": SPLITS_FILE, "flat_hand_mean": False}
     writer = shards.ShardWriter(root, header)
     write_splits(root, subjects)
-    jobs = [(split, start, min(start + config.shard_size, n)) for split in SPLITS
-            for n in [subjects["samples"][split]] for start in range(0, n, config.shard_size)]
-    timing = {}
-    iterator = jobs
-    if progress:
-        from tqdm.auto import tqdm
-        iterator = tqdm(jobs, desc="shards")
-    for split, start, stop in iterator:
-        name = f"{split}-{start // config.shard_size:05d}.npz"
-        if writer.is_done(name):
-            continue
-        arrays = maker.make(split, range(start, stop), timing)
-        clock = time.perf_counter()
-        writer.write(name, arrays, split=split, first=start, count=stop - start)
-        _tick(timing, "write", clock)
+    jobs = [(f"{split}-{start // config.shard_size:05d}.npz", split, start, min(start + config.shard_size, n))
+            for split in SPLITS for n in [subjects["samples"][split]] for start in range(0, n, config.shard_size)]
+    todo = [job for job in jobs if not writer.is_done(job[0])]
+    timing = {"samples": 0}
+    if not todo:
+        return timing
+    with contextlib.ExitStack() as stack:
+        if workers > 1 and len(todo) > 1:
+            pool = stack.enter_context(multiprocessing.get_context("spawn").Pool(
+                min(workers, len(todo)), _start_worker, (config, subjects)))
+            results = pool.imap(_worker_shard, todo)
+        else:
+            maker = SampleMaker(config, subjects)
+            results = (_shard(maker, job) for job in todo)
+        if progress:
+            from tqdm.auto import tqdm
+            results = tqdm(results, total=len(todo), desc="shards")
+        for (name, split, start, stop), (data, seconds) in zip(todo, results):
+            clock = time.perf_counter()
+            writer.write(name, data, split=split, first=start, count=stop - start)
+            _tick(timing, "write", clock)
+            for stage, value in seconds.items():
+                timing[stage] = timing.get(stage, 0.0) + value
+            timing["samples"] += stop - start
     return timing
+
+
+def _shard(maker: SampleMaker, job: tuple) -> tuple[bytes, dict]:
+    """The bytes of one shard and the seconds spent per stage."""
+    _, split, start, stop = job
+    timing = {}
+    arrays = maker.make(split, range(start, stop), timing)
+    clock = time.perf_counter()
+    data = shards.shard_bytes(arrays)
+    _tick(timing, "encode", clock)
+    return data, timing
+
+
+_WORKER_MAKER: SampleMaker | None = None
+
+
+def _start_worker(config: SyntheticConfig, subjects: dict) -> None:
+    global _WORKER_MAKER
+    _WORKER_MAKER = SampleMaker(config, subjects)
+
+
+def _worker_shard(job: tuple) -> tuple[bytes, dict]:
+    return _shard(_WORKER_MAKER, job)
 
 
 def load(root: str | Path, split: str | None = "train", cache: int = 4, verify: bool = True) -> shards.ShardDataset:

@@ -18,8 +18,8 @@ def _arrays(seed: int, n: int = 5) -> dict:
 def _dataset(root, shard_count: int = 3):
     writer = shards.ShardWriter(root, {"encoded": ["image"], "note": "test"})
     for k in range(shard_count):
-        writer.write(f"train-{k:05d}.npz", _arrays(k), split="train", first=5 * k, count=5)
-    writer.write("val-00000.npz", _arrays(9), split="val", first=0, count=5)
+        writer.write(f"train-{k:05d}.npz", shards.shard_bytes(_arrays(k)), split="train", first=5 * k, count=5)
+    writer.write("val-00000.npz", shards.shard_bytes(_arrays(9)), split="val", first=0, count=5)
     return writer
 
 
@@ -45,6 +45,7 @@ def test_dataset_reads_samples_of_a_split_in_order(tmp_path):
     assert data[7]["image"].shape == (8, 8, 3) and data[7]["image"].dtype == np.uint8
     np.testing.assert_array_equal(data[7]["mask"], data[7]["image"][..., 0] > 127)
     assert len(shards.ShardDataset(tmp_path, "val")) == 5
+    np.testing.assert_array_equal(data.column("label"), [int(data[i]["label"]) for i in range(15)])
     with pytest.raises(IndexError):
         data[15]
 

@@ -153,7 +153,7 @@ def _files(root):
     return {p.name: p.read_bytes() for p in sorted(root.iterdir())}
 
 
-def test_same_seed_gives_identical_files_and_an_interrupted_run_resumes_to_them(weak, tmp_path, monkeypatch):
+def test_same_seed_gives_identical_files_and_an_interrupted_run_resumes_to_them_in_parallel(weak, tmp_path, monkeypatch):
     write, calls = shards.ShardWriter.write, []
 
     def crash_on_third(self, *args, **kw):
@@ -169,7 +169,8 @@ def test_same_seed_gives_identical_files_and_an_interrupted_run_resumes_to_them(
     assert len(shards.read_manifest(tmp_path)["shards"]) == 2
     (tmp_path / "train-00001.npz").write_bytes(b"damaged after it was recorded")  # rewritten on resume
     with pytest.warns(UserWarning, match="train-00001.npz"):
-        synthetic.generate(tmp_path, TINY)
+        timing = synthetic.generate(tmp_path, TINY, workers=2)  # resumed by two processes: the same files
+    assert timing["samples"] == 16 - 4
     assert _files(tmp_path) == _files(weak)
 
 

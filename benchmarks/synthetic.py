@@ -1,0 +1,66 @@
+"""Synthetic dataset generation and reading speed, on this machine.
+
+    python benchmarks/synthetic.py [--samples 512] [--size 224] [--camera weak] [--shard-size 128]
+
+Generates `samples` samples into a temporary folder and prints samples per second written to disk, the share
+of time in each stage (sampling parameters, skin textures and backgrounds; the hand model; rendering; image
+encoding; writing shards), the bytes per sample, then how fast `handlib.synthetic.load` reads them back
+(shard order, as training reads them, and random order). Goal (issue 6): >= 100 samples/s at 224 px on 2 cores.
+"""
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from handlib import shards, synthetic  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=int, default=512)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--camera", default="weak", choices=["weak", "perspective"])
+    parser.add_argument("--shard-size", type=int, default=128)
+    args = parser.parse_args()
+    config = synthetic.SyntheticConfig(samples=args.samples, image_size=args.size, camera=args.camera,
+                                       shard_size=args.shard_size, subjects=max(3, args.samples // 10))
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        synthetic.SampleMaker(config, synthetic.make_subjects(config))
+        setup = time.perf_counter() - start
+        start = time.perf_counter()
+        cpu = time.process_time()
+        timing = synthetic.generate(tmp, config)
+        total, cpu = time.perf_counter() - start, time.process_time() - cpu
+        timing.pop("samples")
+        size = sum(p.stat().st_size for p in Path(tmp).glob("*.npz"))
+        print(f"generation: {args.samples} samples at {args.size} px ({args.camera} camera), "
+              f"{total:.1f} s = {args.samples / total:.1f} samples/s written to disk "
+              f"(setup: models, atlases, renderers {setup:.1f} s, inside the total); CPU time of this process "
+              f"and its threads {cpu:.1f} s = {1000 * cpu / args.samples:.1f} ms per sample")
+        staged = sum(timing.values())
+        for stage, seconds in timing.items():
+            print(f"  {stage:<8} {seconds:7.2f} s  {seconds / total:6.1%}")
+        print(f"  {'other':<8} {total - staged:7.2f} s  {(total - staged) / total:6.1%}")
+        print(f"dataset size: {size / 1e6:.1f} MB, {size / args.samples / 1e3:.1f} kB per sample")
+
+        data = synthetic.load(tmp, "train")
+        for name, order in (("shard order", list(shards.ShardOrderSampler(data, seed=0))),
+                            ("random order", np.random.default_rng(0).permutation(len(data)).tolist())):
+            fresh = synthetic.load(tmp, "train")
+            start = time.perf_counter()
+            for i in order:
+                fresh[i]
+            seconds = time.perf_counter() - start
+            print(f"reading ({name}): {len(order) / seconds:.0f} samples/s")
+
+
+if __name__ == "__main__":
+    main()
