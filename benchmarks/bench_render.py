@@ -6,8 +6,9 @@ Both draw the same posed hands through the same pinhole camera with 8 samples pe
 4x MSAA on a twice-as-wide viewport, averaged in pairs; handlib: `Renderer(samples=8)`). pyrender is used as its
 users do: one OffscreenRenderer, a new pyrender.Mesh per render. It runs in a child process (its own EGL
 context); install it with `pip install pyrender-maintained` (not a handlib dependency): without it, that half is
-skipped with a message. Times are the best of --repeats; the machine's load average is printed beside them,
-since other work on a shared CPU slows both sides.
+skipped with a message. Times are the best of --repeats, as wall-clock seconds and as CPU seconds (all threads
+of the process, llvmpipe's included): on a shared machine the wall time grows with the others' load, the CPU
+time much less; the load average is printed beside them.
 """
 
 import argparse
@@ -46,12 +47,13 @@ def time_handlib(verts, faces, K, size, samples, repeats):
     renderer = Renderer(faces, size, samples=samples)
     renderer.render(verts[:2], Perspective(K))  # compiles and allocates
     setup = time.perf_counter() - start
-    times = []
+    wall, cpu = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         images = renderer.render(verts, Perspective(K))["image"]
-        times.append(time.perf_counter() - start)
-    return min(times), setup, images
+        wall.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+    return min(wall), min(cpu), setup, images
 
 
 def pyrender_worker(inp: str, out: str) -> None:
@@ -69,27 +71,29 @@ def pyrender_worker(inp: str, out: str) -> None:
     scene.add(camera)
     scene.add(pyrender.DirectionalLight(intensity=2.0))
     material = pyrender.MetallicRoughnessMaterial(baseColorFactor=(0.86, 0.67, 0.55, 1.0))
-    times = []
+    wall, cpu = [], []
     for _ in range(repeats):
         images = np.empty((len(verts), size, size, 3), np.uint8)
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         for b, v in enumerate(opengl):
             mesh = pyrender.Mesh.from_trimesh(trimesh.Trimesh(v, faces, process=False), material=material)
             node = scene.add(mesh)
             color, _ = renderer.render(scene)
             scene.remove_node(node)
             images[b] = color.reshape(size, size, 2, 3).mean(axis=2).round()
-        times.append(time.perf_counter() - start)
+        wall.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
     renderer.delete()
-    np.savez(out, time=min(times), images=images)
+    np.savez(out, wall=min(wall), cpu=min(cpu), images=images)
 
 
 def time_pyrender(verts, faces, K, size, repeats):
-    """(best time, images) from a child process, or (None, reason) when pyrender is absent or fails."""
+    """(best wall time, best CPU time, images) from a child process, or (None, None, reason) when pyrender is
+    absent or fails."""
     try:
         import pyrender  # noqa: F401
     except ImportError:
-        return None, "pyrender is not installed (pip install pyrender-maintained): skipped"
+        return None, None, "pyrender is not installed (pip install pyrender-maintained): skipped"
     with tempfile.TemporaryDirectory() as tmp:
         inp, out = os.path.join(tmp, "in.npz"), os.path.join(tmp, "out.npz")
         np.savez(inp, verts=verts, faces=faces, K=K, size=size, repeats=repeats)
@@ -97,9 +101,9 @@ def time_pyrender(verts, faces, K, size, repeats):
         proc = subprocess.run([sys.executable, __file__, "--pyrender-worker", inp, out], env=env,
                               capture_output=True, text=True)
         if proc.returncode != 0:
-            return None, f"pyrender failed: {proc.stderr.strip().splitlines()[-1:]}"
+            return None, None, f"pyrender failed: {proc.stderr.strip().splitlines()[-1:]}"
         result = np.load(out)
-        return float(result["time"]), result["images"]
+        return float(result["wall"]), float(result["cpu"]), result["images"]
 
 
 def main() -> None:
@@ -118,18 +122,19 @@ def main() -> None:
     print(f"{args.count} renders of the built-in hand ({verts.shape[1]} vertices, {len(faces)} faces) at "
           f"{args.size}x{args.size}, {args.samples} samples per pixel; load average {os.getloadavg()[0]:.1f} "
           f"on {os.cpu_count()} CPUs")
-    ours, setup, images = time_handlib(verts, faces, K, args.size, args.samples, args.repeats)
-    print(f"handlib.render: {ours:.3f} s ({ours / args.count * 1e3:.2f} ms per render; renderer setup "
-          f"{setup:.3f} s, once)")
-    theirs, other = time_pyrender(verts, faces, K, args.size, args.repeats)
+    ours, ours_cpu, setup, images = time_handlib(verts, faces, K, args.size, args.samples, args.repeats)
+    print(f"handlib.render: {ours:.3f} s wall, {ours_cpu:.3f} s CPU ({ours / args.count * 1e3:.2f} ms per render; "
+          f"renderer setup {setup:.3f} s, once)")
+    theirs, theirs_cpu, other = time_pyrender(verts, faces, K, args.size, args.repeats)
     if theirs is None:
         print(other)
         return
     agree = np.mean((images.max(axis=-1) > 0) == (other.max(axis=-1) > 0))
-    print(f"pyrender:       {theirs:.3f} s ({theirs / args.count * 1e3:.2f} ms per render; same silhouettes at "
-          f"{100 * agree:.2f}% of pixels)")
-    print(f"ratio: handlib.render is {theirs / ours:.1f}x faster than pyrender (goal >= 20x); "
-          f"{ours:.3f} s for {args.count} renders (goal < 1 s); load average now {os.getloadavg()[0]:.1f}")
+    print(f"pyrender:       {theirs:.3f} s wall, {theirs_cpu:.3f} s CPU ({theirs / args.count * 1e3:.2f} ms per "
+          f"render; same silhouettes at {100 * agree:.2f}% of pixels)")
+    print(f"ratio: handlib.render is {theirs / ours:.1f}x faster than pyrender in wall time, "
+          f"{theirs_cpu / ours_cpu:.1f}x in CPU time (goal >= 20x); {ours:.3f} s for {args.count} renders "
+          f"(goal < 1 s); load average now {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

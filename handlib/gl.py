@@ -3,6 +3,8 @@
 import ctypes.util
 import functools
 import glob
+import importlib
+import importlib.util
 
 import moderngl
 
@@ -24,6 +26,10 @@ def missing_packages(find_library=None, glob_=None) -> list[str]:
 @functools.cache
 def get_context() -> moderngl.Context:
     """The shared EGL context; a clear error naming the system packages when none can be made."""
+    # triton (loaded by torch's first optimizer step, through torch._dynamo) segfaults when its LLVM loads after
+    # llvmpipe's; loaded first, both work
+    if importlib.util.find_spec("triton") is not None:
+        importlib.import_module("triton")
     try:
         return moderngl.create_context(standalone=True, backend="egl")
     except Exception as err:  # moderngl raises bare Exception for a missing libEGL or driver

@@ -50,6 +50,15 @@ class Light(NamedTuple):
     ambient: ArrayLike = 0.4  # (B,) or (B, 3)
 
 
+def framing_camera(vertices: ArrayLike, margin: float = 0.1) -> WeakPerspective:
+    """Per-sample weak-perspective cameras that centre each sample's x, y extent in its image and fit its longer
+    side into 1 - margin of it (square images: the shorter side keeps its proportion). vertices (B, V, 3)."""
+    v = _numpy(vertices)
+    lo, hi = v[..., :2].min(axis=1), v[..., :2].max(axis=1)  # (B, 2)
+    s = 2 * (1 - margin) / np.maximum((hi - lo).max(axis=1), 1e-12)
+    return WeakPerspective(np.concatenate([s[:, None], -s[:, None] * (lo + hi) / 2], axis=1))
+
+
 def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     """Area-weighted unit vertex normals: vertices (B, V, 3), faces (F, 3) -> (B, V, 3); 0 for unused vertices."""
     B, V, _ = vertices.shape

@@ -2,6 +2,9 @@
 handlib.camera's projections, and the renderer itself one sample at a time."""
 
 import resource
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -10,7 +13,8 @@ import trimesh
 from matplotlib.path import Path
 
 from handlib import camera, gl
-from handlib.render import Light, Perspective, Renderer, WeakPerspective, part_labels, vertex_normals
+from handlib.render import (Light, Perspective, Renderer, WeakPerspective, framing_camera, part_labels,
+                            vertex_normals)
 
 H, W = 72, 96  # not square, so that a swapped axis shows
 
@@ -363,6 +367,18 @@ def test_vertex_normals_match_trimesh():
         np.testing.assert_allclose(got[b], ref, atol=1e-5)
 
 
+def test_framing_camera_centres_and_fits_each_sample():
+    verts, faces, world, weak, persp = cameras(3)
+    world = world * [[[1.0]], [[0.1]], [[5.0]]] + [[[0, 0, 0]], [[3.0, -2.0, 0.0]], [[0, 0, 0]]]
+    cam = framing_camera(world, margin=0.2)
+    xy = camera.weak_perspective(torch.from_numpy(world), torch.from_numpy(cam.cam)).numpy()  # [-1, 1]
+    lo, hi = xy.min(axis=1), xy.max(axis=1)
+    np.testing.assert_allclose(lo + hi, 0, atol=1e-5)  # centred
+    np.testing.assert_allclose((hi - lo).max(axis=1), 1.6, rtol=1e-5)  # longer side: 80% of the image
+    mask = Renderer(faces, 64).render(world, cam, outputs=("mask",))["mask"]
+    assert mask.any(axis=(1, 2)).all() and not mask[:, [0, -1]].any() and not mask[:, :, [0, -1]].any()
+
+
 def test_torch_input_equals_numpy():
     verts, faces, world, weak, persp = cameras(2)
     renderer = Renderer(faces, (H, W))
@@ -406,6 +422,22 @@ def test_missing_system_package_is_named(monkeypatch):
         gl.get_context.__wrapped__()
     assert gl.missing_packages(lambda name: "x", lambda pattern: []) == ["libegl-mesa0", "libgl1-mesa-dri"]
     assert gl.missing_packages(lambda name: "x", lambda pattern: ["found"]) == []
+
+
+def test_torch_optimizer_after_rendering_does_not_crash():
+    """triton's LLVM loaded after llvmpipe's used to segfault the first optimizer step (fresh process: order)."""
+    script = textwrap.dedent("""
+        import numpy as np, torch, trimesh
+        from handlib.render import Renderer, WeakPerspective
+        mesh = trimesh.creation.icosphere(1)
+        Renderer(mesh.faces, 16).render(np.asarray(mesh.vertices, np.float32), WeakPerspective((0.5, 0, 0)))
+        p = torch.nn.Parameter(torch.zeros(3))
+        opt = torch.optim.Adam([p])
+        p.sum().backward()
+        opt.step()
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
 
 
 def rss_mb():
