@@ -1,3 +1,4 @@
+import json
 import pickle
 import shutil
 import struct
@@ -83,7 +84,8 @@ def test_samples_json_round_trip(tmp_path):
     assert [s.filename for s in loaded] == [s.filename for s in samples]
     np.testing.assert_allclose(loaded[1].joints, samples[1].joints, atol=1e-3)
     assert (loaded[2].subject, loaded[2].side, loaded[2].aspect) == ("0000001", "left", "palmar")
-    (tmp_path / "bad.json").write_text('{"format": "11kJoints", "samples": [{"filename": "a.jpg", "joints": [[1, 2]]}]}')
+    bad = {"format": "11kJoints", "samples": [{"filename": "a.jpg", "joints": [[1, 2]]}]}
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
     with pytest.raises(ValueError, match=r"bad.json sample 0: joints of 'a.jpg' have shape \(1, 2\)"):
         hands11k.load_samples(tmp_path / "bad.json")
 
