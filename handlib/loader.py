@@ -72,6 +72,14 @@ class Hands11kSource:
         return {"image": image, "keypoints": kp, "side": s.side or self.side}
 
 
+def in_memory(source: Sequence, progress: bool = False) -> list[dict]:
+    """Every raw sample of `source` read and decoded once, as a list (a source too). For datasets that fit in
+    memory: a step then pays only for the crop and augmentation, and forked workers share the arrays."""
+    from tqdm.auto import tqdm
+
+    return [source[i] for i in tqdm(range(len(source)), desc="loading", disable=not progress)]
+
+
 def crop_transform(keypoints: np.ndarray, size: int, border: float, rng: np.random.Generator | None,
                    aug: Augment) -> tuple[np.ndarray, bool, float]:
     """The affine (2, 3) from image pixels to crop pixels, whether it flips, and its rotation (radians).
@@ -140,13 +148,15 @@ def rodrigues(aa: np.ndarray) -> np.ndarray:
 
 class HandCrops(torch.utils.data.Dataset):
     """Preprocessed, augmented crops of one source. Index with an int (no augmentation: validation) or with
-    (index, draw) to augment with the randomness of draw number `draw`."""
+    (index, draw) to augment with the randomness of draw number `draw`. With `masks`, samples carry what the
+    silhouette loss needs (has_mask, mask_dist, mask_points)."""
 
     def __init__(self, source: Sequence, image_size: int = 224, augment: Augment | None = None,
-                 border: float = 0.25, seed: int = 0, mask_size: int = 32, mask_points: int = 64):
+                 border: float = 0.25, seed: int = 0, masks: bool = True, mask_size: int = 32,
+                 mask_points: int = 64):
         self.source, self.size, self.border, self.seed = source, image_size, border, seed
         self.augment = augment or Augment.none()
-        self.mask_size, self.mask_points = mask_size, mask_points
+        self.masks, self.mask_size, self.mask_points = masks, mask_size, mask_points
 
     def __len__(self) -> int:
         return len(self.source)
@@ -174,7 +184,8 @@ class HandCrops(torch.utils.data.Dataset):
             "affine": torch.tensor(affine, dtype=torch.float32),
         }
         out.update(self._labels3d(raw, flip, angle))
-        out.update(self._mask(raw, affine, rng))
+        if self.masks:  # only for the silhouette loss: they cost as much as the rest of a sample
+            out.update(self._mask(raw, affine, rng))
         return out
 
     def _labels3d(self, raw: dict, flip: bool, angle: float) -> dict:
