@@ -36,7 +36,7 @@ MIN_HAND_SIDE = 32    # pixels: the detected keypoints' box
 MIN_KEYPOINTS = 6     # keypoints with certainty > 0 needed to fit
 CROP_BORDER = 0.3     # the crop is (1 + border) times the keypoint box's longer side
 TEXTURE_SIZE = 512
-FIT = fitting.FitConfig(pose_iters=30, shape_iters=15, both_iters=60, beta_weight=0.5, pose_prior_weight=0.01,
+FIT = fitting.FitConfig(pose_iters=10, shape_iters=5, both_iters=20, beta_weight=0.5, pose_prior_weight=0.01,
                         joint_limit_weight=10.0)
 
 
@@ -286,9 +286,6 @@ def personalize(photos: list[str | os.PathLike], out_dir: str | os.PathLike, det
     sides = [None] * len(photos) if sides is None else list(sides)
     if len(sides) != len(photos):
         raise ValueError(f"{len(photos)} photos but {len(sides)} sides")
-    if models is None:
-        models = {s: HandModel.default(s).double() for s in ("right", "left")}
-    model = models["right"]
     usable, problems = [], {}
     for path, side in zip(photos, sides):
         try:
@@ -298,6 +295,9 @@ def personalize(photos: list[str | os.PathLike], out_dir: str | os.PathLike, det
             log(f"left out: {err}")
     if not usable:
         raise PhotoError("no photo could be used:\n" + "\n".join(problems.values()))
+    if models is None:
+        models = {s: HandModel.default(s).double() for s in ("right", "left")}
+    model = models["right"]
 
     fit = fit_photos(model, usable, config)
     betas = fit.betas[0].detach().double().numpy()

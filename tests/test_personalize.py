@@ -221,12 +221,8 @@ def test_personalize_end_to_end_left_and_right_photos_shared_beta(tmp_path):
 
 
 def test_rerunning_on_the_same_photos_gives_the_same_files(tmp_path):
-    """Each run in a fresh process, as the command runs."""
-    script = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
-              "from test_personalize import end_to_end_case; end_to_end_case(sys.argv[1], sys.argv[2], quick=True)")
     for name in ("one", "two"):
-        subprocess.run([sys.executable, "-c", script, str(tmp_path), name], check=True,
-                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+        end_to_end_case(tmp_path, name, quick=True)
     one = {p.name: p.read_bytes() for p in (tmp_path / "one").iterdir()}
     assert len(one) == 6 and one == {p.name: p.read_bytes() for p in (tmp_path / "two").iterdir()}
 
