@@ -8,8 +8,6 @@ write the files. A photo that fails is named with its problem and left out; the 
 The same input gives the same files.
 """
 
-import importlib
-import importlib.util
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,11 +23,6 @@ from handlib.keypoints import Detection, Detector
 from handlib.model import HandModel
 from handlib.render import Renderer, WeakPerspective
 from handlib.rotations import mirror_axis_angle
-
-# triton (loaded by torch's first optimizer, through torch._dynamo) crashes the process with a segfault when it
-# loads after Mesa llvmpipe's OpenGL context (two LLVMs); loaded first, both work. Fitting follows rendering here.
-if importlib.util.find_spec("triton") is not None:
-    importlib.import_module("triton")
 
 MIN_PHOTO_SIDE = 64   # pixels on the photo's short side
 MIN_HAND_SIDE = 32    # pixels: the detected keypoints' box
