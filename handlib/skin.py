@@ -121,6 +121,16 @@ def bake_atlas(vertices: np.ndarray, faces: np.ndarray, vt: np.ndarray, ft: np.n
     return SkinAtlas(size, covered, position.astype(np.float32), normal.astype(np.float32), noise=noise, **maps)
 
 
+def model_atlas(model, size: int = 256) -> SkinAtlas | None:
+    """The region maps of a HandModel's atlas, from its template (zero articulation); None without UVs."""
+    if model.vt is None:
+        return None
+    vertices = model.v_template.detach().cpu().double().numpy()
+    joints = model.J_regressor.detach().cpu().double().numpy() @ vertices
+    return bake_atlas(vertices, model.faces.cpu().numpy(), model.vt.cpu().numpy(), model.ft.cpu().numpy(), joints,
+                      model.tip_ids.cpu().numpy(), model.side, size)
+
+
 def palm_frame(joints: np.ndarray, side: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Unit vectors (radial, up, palm) of a rest skeleton: towards the thumb, wrist -> middle MCP, out of the palm."""
     up = _unit(joints[_MIDDLE] - joints[_WRIST])

@@ -11,8 +11,8 @@ A sample: the hand's side and subject; β (10); θ (45, axis-angle hand_pose of 
 flat_hand_mean=False, the model of that side); the global rotation (3, axis-angle about the wrist); the camera
 (weak perspective `cam` = (s, tx, ty), or perspective `K` with the hand at `transl` in the camera frame); the 21
 keypoints (OpenPose order) in 3D (metres, OpenCV camera frame) and 2D (pixels, handlib.camera conventions);
-`visible` (a keypoint not hidden behind another part of the hand: depth test against the rendered surface, with a
-finger's radius of slack, since joints lie inside the flesh); the image; the silhouette; the part segmentation
+`visible` (a keypoint not hidden behind another part of the hand: the rendered part at its pixel is its own bone
+or its parent's, `keypoint_parts`); the image; the silhouette; the part segmentation
 (0 background, 1 + MANO joint index of the segment, handlib.joints.MANO_JOINT_NAMES).
 """
 
@@ -31,6 +31,7 @@ import torch
 from scipy.spatial.transform import Rotation
 
 from handlib import anatomy, backgrounds, camera, paths, shards, skin
+from handlib import joints as joint_orders
 from handlib.io import atomic_write_text
 from handlib.mano_io import load_mano
 from handlib.model import HandModel, find_mano
@@ -42,7 +43,6 @@ VIEWS = ("dorsal", "palmar")
 SPLITS = ("train", "val", "test")
 SPLITS_FILE = "splits.json"
 DEFAULT_PCA_STD = 0.5  # radians per PCA component, for a model file without pose coefficients
-VISIBLE_SLACK = 0.012  # metres a keypoint may lie behind the visible surface and count as visible
 SKIN_CACHE = 512  # subjects' skin textures kept (a cache: the output does not depend on it)
 _TAG_SUBJECTS, _TAG_SPLITS, _TAG_SKIN, _TAG_SAMPLES = 1, 2, 3, 10  # seed streams
 
@@ -243,28 +243,21 @@ class SampleMaker:
         self.config, self.subjects = config, subjects
         self.betas = np.asarray(subjects["betas"])
         self._skins: OrderedDict[tuple[int, str], np.ndarray] = OrderedDict()
+        self.keypoint_parts = {}
         self.models, self.frames, self.joint_frames, self.atlases, self.renderers, self.pca_std = {}, {}, {}, {}, {}, {}
         for side in SIDES:
-            model, params, self.model_name = load_model(config.model, side)
+            model, params, _ = load_model(config.model, side)
             self.models[side] = model
             self.joint_frames[side] = anatomy.model_frames(model)
             coeffs = np.asarray(params.get("hands_coeffs", np.zeros((0, 45))), np.float64)
             # natural poses scale each PCA component by its spread in the model's pose data when it has some
             self.pca_std[side] = coeffs.std(0) if len(coeffs) > 1 else np.full(45, DEFAULT_PCA_STD)
-            rest = model.v_template.numpy()  # the template: zero articulation, whatever the mean pose
-            joints = model.J_regressor.numpy() @ rest
-            self.frames[side] = np.stack(skin.palm_frame(joints, side))
-            faces = model.faces.numpy()
-            if model.vt is None:  # e.g. the real MANO model: no atlas, so a plain skin colour per sample
-                self.atlases[side] = None
-                self.renderers[side] = Renderer(faces, config.image_size, parts=model.lbs_weights.float().numpy(),
-                                                samples=config.antialias)
-                continue
-            vt, ft = model.vt.numpy(), model.ft.numpy()
-            self.atlases[side] = skin.bake_atlas(rest, faces, vt, ft, joints,
-                                                 model.tip_ids.numpy(), side, config.atlas_size)
-            self.renderers[side] = Renderer(faces, config.image_size, vt=vt, ft=ft,
-                                            parts=model.lbs_weights.float().numpy(), samples=config.antialias)
+            self.frames[side] = rest_frame(model)
+            self.keypoint_parts[side] = keypoint_parts(model.parents.numpy())
+            self.atlases[side] = skin.model_atlas(model, config.atlas_size)  # None: a plain colour per subject
+            uv = {} if model.vt is None else {"vt": model.vt.numpy(), "ft": model.ft.numpy()}
+            self.renderers[side] = Renderer(model.faces.numpy(), config.image_size, parts=model.lbs_weights.numpy(),
+                                            samples=config.antialias, **uv)
 
     def skin(self, subject: int, side: str) -> np.ndarray:
         """A subject's skin on one hand: a texture (S, S, 3) uint8, or a colour (3,) without an atlas. Drawn from
@@ -371,7 +364,7 @@ class SampleMaker:
                                              light=light, outputs=("image", "mask", "depth", "parts"), **albedo)
         _tick(timing, "render", clock)
         fields.update(keypoints_3d=kp3d, keypoints_2d=kp2d.astype(np.float32),
-                      visible=_visible(kp2d, kp3d[..., 2], result["depth"]), image=result["image"],
+                      visible=_visible(kp2d, result["parts"], self.keypoint_parts[side]), image=result["image"],
                       silhouette=result["mask"], parts=result["parts"] + 1)
         for key, value in fields.items():
             for row, v in zip(rows, value):
@@ -389,18 +382,76 @@ _FIELDS = {  # stored arrays and their dtypes
 _PER_SAMPLE = ("silhouette", "parts")  # besides the image: one zip member per sample (see handlib.shards)
 
 
-def _visible(kp2d: np.ndarray, depth: np.ndarray, rendered: np.ndarray) -> np.ndarray:
-    """(B, 21) bool: the rendered surface at each keypoint's pixel lies at most VISIBLE_SLACK in front of it."""
-    B, H, W = rendered.shape
-    px = np.clip(np.rint(kp2d).astype(int), 0, [W - 1, H - 1])
-    surface = rendered[np.arange(B)[:, None], px[..., 1], px[..., 0]]
-    return depth <= surface + VISIBLE_SLACK
+def keypoint_parts(parents: np.ndarray) -> np.ndarray:
+    """(21, 16) bool: the part labels (MANO joint numbers) whose surface may show each OpenPose keypoint: a
+    joint's own bone and its parent's (it sits where they meet), a fingertip's last bone."""
+    last = {16 + tip: joint for tip, joint in enumerate((15, 3, 6, 12, 9))}  # tips: thumb, index, middle, ring, pinky
+    allowed = np.zeros((21, 16), bool)
+    for k, source in enumerate(joint_orders.MANO_TO_OPENPOSE):
+        joint = last.get(source, source)
+        allowed[k, joint] = True
+        if source < 16 and parents[joint] >= 0:
+            allowed[k, parents[joint]] = True
+    return allowed
+
+
+def _visible(kp2d: np.ndarray, parts: np.ndarray, allowed: np.ndarray) -> np.ndarray:
+    """(B, 21) bool: a pixel within one of each keypoint's pixel shows one of its parts (`keypoint_parts`),
+    so no other part of the hand hides it. parts (B, H, W): labels, -1 for the background."""
+    B, H, W = parts.shape
+    px = np.rint(kp2d).astype(int)  # (B, 21, 2)
+    seen = np.zeros(px.shape[:2], bool)
+    for dx in (-1, 0, 1):
+        for dy in (-1, 0, 1):
+            x, y = np.clip(px[..., 0] + dx, 0, W - 1), np.clip(px[..., 1] + dy, 0, H - 1)
+            label = parts[np.arange(B)[:, None], y, x]  # (B, 21)
+            seen |= (label >= 0) & allowed[np.arange(21), np.maximum(label, 0)]
+    return seen
 
 
 def _tick(timing: dict, name: str, clock: float) -> float:
     now = time.perf_counter()
     timing[name] = timing.get(name, 0.0) + now - clock
     return now
+
+
+def rest_frame(model: HandModel) -> np.ndarray:
+    """Rows (radial, up, palm) (3, 3) of the model's template (zero articulation, whatever the mean pose)."""
+    vertices = model.v_template.detach().cpu().double().numpy()
+    return np.stack(skin.palm_frame(model.J_regressor.detach().cpu().double().numpy() @ vertices, model.side))
+
+
+def describe(data: shards.ShardDataset) -> dict[str, np.ndarray]:
+    """The parameters drawn for a generated split, by name, for histograms: numbers in degrees, metres or
+    camera units; categories as strings. Read from the stored labels (no image is read)."""
+    config = data.header["config"]
+    column = {key: data.column(key) for key in ("beta", "theta", "global_orient", "side", "view", "pose_kind",
+                                                "skin_class")}
+    side = np.array(SIDES)[column["side"]]
+    angles, palm, up = np.zeros((len(side), 15, 3)), np.zeros((len(side), 3)), np.zeros((len(side), 3))
+    for name in SIDES:
+        rows = side == name
+        if rows.any():
+            model = load_model(config["model"], name)[0]
+            theta = torch.from_numpy(column["theta"][rows]).double()
+            angles[rows] = np.degrees(anatomy.joint_angles(theta, model).numpy())
+            rotation = Rotation.from_rotvec(column["global_orient"][rows].astype(np.float64))
+            _, up[rows], palm[rows] = (rotation.apply(axis) for axis in rest_frame(model))
+    table = {
+        "β, all 10 components": column["beta"].ravel(),
+        "finger joints' bend (deg)": angles[:, :12, 2].ravel(),
+        "finger MCP spread (deg)": angles[:, [0, 3, 6, 9], 1].ravel(),
+        "thumb CMC spread (deg)": angles[:, 12, 1],
+        "palm normal to the camera (deg)": np.degrees(np.arccos(np.clip(-palm[:, 2], -1, 1))),
+        "roll: fingers from image-up (deg)": np.degrees(np.arctan2(up[:, 0], -up[:, 1])),
+    }
+    if config["camera"] == "weak":
+        table["weak-perspective scale s"] = data.column("cam")[:, 0]
+    else:
+        table["hand depth (m)"] = data.column("transl")[:, 2]
+    table.update({"side": side, "view": np.array(VIEWS)[column["view"]], "pose": np.array(POSES)[column["pose_kind"]],
+                  "skin class": np.array(skin.SKIN_CLASSES)[column["skin_class"]]})
+    return table
 
 
 def load_model(kind: str, side: str) -> tuple[HandModel, dict, str]:

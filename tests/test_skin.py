@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import torch
 
 from handlib import skin
 from handlib.model import HandModel
@@ -44,12 +45,9 @@ def test_texels_between_islands_copy_the_nearest_covered_texel():
 
 @pytest.fixture(scope="module")
 def hand():
-    model = HandModel.builtin("right").double()
+    model = HandModel.builtin("right", dtype=torch.float64)
     vertices = model.v_template.numpy()
-    joints = model.J_regressor.numpy() @ vertices
-    atlas = skin.bake_atlas(vertices, model.faces.numpy(), model.vt.numpy(), model.ft.numpy(), joints,
-                            model.tip_ids.numpy(), "right", 128)
-    return model, vertices, joints, atlas
+    return model, vertices, model.J_regressor.numpy() @ vertices, skin.model_atlas(model, 128)
 
 
 def test_nails_sit_on_the_back_of_each_fingertip(hand):

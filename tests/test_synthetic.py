@@ -6,8 +6,9 @@ import torch
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
-from handlib import camera, shards, synthetic
+from handlib import anatomy, camera, shards, synthetic
 from handlib.model import HandModel
+from handlib.render import Renderer, WeakPerspective
 
 
 def _cloud(seed: int = 0) -> np.ndarray:
@@ -202,3 +203,39 @@ def test_a_corrupt_shard_is_reported_by_name_and_skipped(weak, tmp_path):
         data = synthetic.load(tmp_path, "train")
     assert len(data) == 13 - 4 and data.skipped == ["train-00002.npz"]
     assert all(item["image"].shape == (64, 64, 3) for item in data)
+
+
+def test_views_and_poses_are_drawn_as_configured(weak):
+    table = synthetic.describe(synthetic.load(weak, "train"))
+    towards = table["palm normal to the camera (deg)"]
+    palmar = table["view"] == "palmar"
+    assert palmar.any() and (~palmar).any()
+    tilt = synthetic.SyntheticConfig.tilt_deg
+    assert (towards[palmar] <= tilt + 1e-3).all() and (towards[~palmar] >= 180 - tilt - 1e-3).all()
+    bends = table["finger joints' bend (deg)"]
+    assert bends.min() >= -1e-3 and bends.max() <= 90 + 1e-3  # within handlib.anatomy's limits
+    assert np.abs(table["finger MCP spread (deg)"]).max() <= synthetic.SyntheticConfig.spread_deg + 1e-3
+    assert set(table["pose"]) == {"flat", "natural"} and len(table["β, all 10 components"]) == 13 * 10
+
+
+def test_visibility_sees_a_flat_hand_whole_and_hides_a_fists_fingertips_from_behind():
+    model = HandModel.builtin("right", dtype=torch.float64)
+    frame = synthetic.rest_frame(model)
+    angles = torch.zeros(1, 15, 3, dtype=torch.float64)
+    fist = angles.clone()
+    fist[0, :12, 2] = np.radians(85)  # every finger joint bent
+    renderer = Renderer(model.faces.numpy(), 96, parts=model.lbs_weights.numpy())
+    allowed = synthetic.keypoint_parts(model.parents.numpy())
+    for pose, palmar, expect_tips in ((angles, True, True), (angles, False, True), (fist, False, False)):
+        rotation = synthetic.global_rotation(np.random.default_rng(0), frame, palmar, 0, 0)
+        out = model(hand_pose=anatomy.pose_from_angles(pose, model),
+                    global_orient=torch.from_numpy(Rotation.from_matrix(rotation).as_rotvec())[None])
+        verts, kp3d = out.vertices[0].numpy(), out.keypoints[0].numpy()
+        cam = synthetic.weak_camera(verts, 0.8, np.zeros(2))
+        parts = renderer.render(verts[None], WeakPerspective(cam[None]), outputs=("parts",))["parts"]
+        kp2d = camera.normalized_to_pixels(torch.from_numpy(cam[0] * kp3d[None, :, :2] + cam[1:]), 96, 96).numpy()
+        visible = synthetic._visible(kp2d, parts, allowed)[0]
+        tips = [8, 12, 16, 20]  # the four fingers' (the fist leaves the thumb straight)
+        assert visible[tips].all() == expect_tips and visible[tips].any() == expect_tips and visible[4]
+        if expect_tips:
+            assert visible.all()
