@@ -17,7 +17,7 @@ run: $(STAMP)
 	$(PY) -m handlib run --profile $(PROFILE) $(if $(FRESH),--fresh)
 
 test: $(STAMP)
-	$(PY) -m pytest tests notebooks --nbval-lax -p no:cacheprovider
+	HANDLIB_HEADLESS=1 $(PY) -m pytest tests notebooks --nbval-lax -p no:cacheprovider
 
 doctor: $(STAMP)
 	$(PY) -m handlib doctor

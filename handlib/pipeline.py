@@ -6,6 +6,7 @@ Notebooks report their key figures with `record_figures`, which the final summar
 """
 
 import json
+import os
 import subprocess
 import time
 from datetime import datetime
@@ -78,6 +79,7 @@ def run(profile: str = "demo", run_dir: Path | None = None, only: list[str] | No
     """Execute the notebooks (or those whose names start with one of `only`) into `run_dir`; return it."""
     run_dir = run_dir or new_run_dir(profile)
     run_dir.mkdir(parents=True, exist_ok=True)
+    os.environ["HANDLIB_HEADLESS"] = "1"  # kernels inherit it: interactive steps (the review) decide by themselves
     selected = [nb for nb in notebooks() if not only or any(nb.stem.startswith(o) for o in only)]
     revision = code_revision()
     stages_path = run_dir / "stages.json"
