@@ -150,7 +150,8 @@ def _best(results: dict[str, dict], name: str, sign: int) -> str | None:
 
 def verdict(results: dict[str, dict], primary: tuple[str, ...] = ("pa_mpjpe_mm", "kp2d_rel")) -> str:
     """A paragraph naming the winning configuration and why, written from the numbers: the first of `primary`
-    that every run has decides; the other columns say where the winner is better or worse."""
+    that every run has decides; the other metrics say where the winner is better or worse (not the losses:
+    configurations with different loss terms have losses of different meaning)."""
     key = next((k for k in primary if all(np.isfinite(r.get(k, np.nan)) for r in results.values())), None)
     if key is None or len(results) < 2:
         return "Fewer than two runs with comparable figures: no verdict."
@@ -162,9 +163,11 @@ def verdict(results: dict[str, dict], primary: tuple[str, ...] = ("pa_mpjpe_mm",
             f"{_change(w[key], s[key])}).")
     better, worse = [], []
     for name, sign_c, fmt_c, desc_c in COLUMNS:
-        if name == key or not (np.isfinite(w.get(name, np.nan)) and np.isfinite(s.get(name, np.nan))):
+        if name in (key, "train_loss", "val_loss"):  # each configuration minimises its own loss: not comparable
             continue
-        if w[name] == s[name]:
+        if not (np.isfinite(w.get(name, np.nan)) and np.isfinite(s.get(name, np.nan))):
+            continue
+        if fmt_c.format(w[name]) == fmt_c.format(s[name]):  # equal at the precision shown
             continue
         (better if sign_c * (w[name] - s[name]) > 0 else worse).append(
             f"{desc_c} ({fmt_c.format(w[name])} vs {fmt_c.format(s[name])})")
