@@ -5,6 +5,7 @@ import functools
 import glob
 import importlib
 import importlib.util
+import os
 
 import moderngl
 
@@ -31,7 +32,7 @@ def get_context() -> moderngl.Context:
     if importlib.util.find_spec("triton") is not None:
         importlib.import_module("triton")
     try:
-        return moderngl.create_context(standalone=True, backend="egl")
+        ctx = moderngl.create_context(standalone=True, backend="egl")
     except Exception as err:  # moderngl raises bare Exception for a missing libEGL or driver
         missing = missing_packages()
         what = f"missing system package(s): {' '.join(missing)}. " if missing else ""
@@ -39,6 +40,8 @@ def get_context() -> moderngl.Context:
             f"cannot create a headless OpenGL (EGL) context: {err}. {what}"
             f"Install the EGL and Mesa libraries: sudo apt-get install {' '.join(missing) or APT_PACKAGES}"
         ) from err
+    ctx.extra = {"pid": os.getpid()}  # a forked child cannot use it (llvmpipe's threads stay in the parent)
+    return ctx
 
 
 def context_info() -> str:

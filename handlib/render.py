@@ -15,7 +15,9 @@ other exactly. Coordinates follow handlib.camera: OpenCV camera frame, pixel (0,
 pixel, weak perspective maps camera-space x, y to [-1, 1] over the image.
 """
 
+import contextlib
 import math
+import os
 from typing import NamedTuple
 
 import moderngl
@@ -259,6 +261,23 @@ class Renderer:
                  ft: ArrayLike | None = None, parts: ArrayLike | None = None, samples: int = 8,
                  cull: bool | None = None, max_memory: int = 2 ** 28) -> None:
         self.ctx = get_context()
+        with self._current():
+            self._create(faces, image_size, vt, ft, parts, samples, cull, max_memory)
+
+    @contextlib.contextmanager
+    def _current(self):
+        """This renderer's context made current, in the process that made it."""
+        owner = (self.ctx.extra or {}).get("pid", os.getpid())
+        if owner != os.getpid():
+            raise RuntimeError(
+                f"this OpenGL context was made in process {owner}, and this process ({os.getpid()}) was forked "
+                "from it: a forked child cannot render with it. Start workers with the 'spawn' method "
+                "(multiprocessing.get_context('spawn'), torch DataLoader(multiprocessing_context='spawn')) or "
+                "render only after the fork")
+        with self.ctx:
+            yield
+
+    def _create(self, faces, image_size, vt, ft, parts, samples, cull, max_memory) -> None:
         self.faces = _numpy(faces, np.int32)  # (F, 3)
         if self.faces.ndim != 2 or self.faces.shape[1] != 3:
             raise ValueError(f"faces must have shape (F, 3), got {self.faces.shape}")
@@ -315,6 +334,10 @@ class Renderer:
         uint8 through the UVs; color: albedo without texture, (3,) or (B, 3) in [0, 1]; background: a colour
         (3,) / (B, 3) in [0, 1] or an image (H, W, 3) / (B, H, W, 3) uint8; light: Light (default Light()).
         """
+        with self._current():
+            return self._render(vertices, camera, texture, color, background, light, outputs)
+
+    def _render(self, vertices, camera, texture, color, background, light, outputs) -> dict[str, np.ndarray]:
         unknown = set(outputs) - set(OUTPUTS)
         if unknown:
             raise ValueError(f"unknown outputs {sorted(unknown)}; choose from {OUTPUTS}")
@@ -565,6 +588,10 @@ class Renderer:
 
     def release(self) -> None:
         """Free this renderer's GL objects now (they are otherwise freed with the context)."""
+        with self._current():
+            self._release()
+
+    def _release(self) -> None:
         objects = [self._mesh_color, self._mesh_aux, self._composite, *self._vaos.values(), self._drawn_index,
                    self._drawn_vertex, self._drawn_uv, self._face_part_buffer, *self._buffers.values(), *self._textures.values()]
         for fbo_objects in self._framebuffers.values():

@@ -1,6 +1,7 @@
 """handlib.render against independent computations: a polygon filler (matplotlib), closed-form depth, normals and UVs,
 handlib.camera's projections, and the renderer itself one sample at a time."""
 
+import multiprocessing
 import resource
 import subprocess
 import sys
@@ -84,7 +85,9 @@ def test_silhouette_matches_polygon_fill(kind):
 
 
 def _index(cam, b):
-    return type(cam)(*(None if x is None else x[b:b + 1] for x in cam))
+    """One sample b (or a slice) of a batch of cameras."""
+    pick = b if isinstance(b, slice) else slice(b, b + 1)
+    return type(cam)(*(None if x is None else x[pick] for x in cam))
 
 
 def heightfield(cam):
@@ -438,6 +441,44 @@ def test_torch_optimizer_after_rendering_does_not_crash():
     """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
+
+
+def test_renderers_of_two_contexts_each_draw_in_their_own(monkeypatch):
+    verts, faces, world, weak, persp = cameras(2)
+    first = Renderer(faces, (H, W))
+    want = first.render(world, weak, outputs=("image", "depth"))
+    gl.get_context.cache_clear()  # as a test of the doctor does: the next renderer gets a new context
+    try:
+        second = Renderer(faces[:, ::-1], (H, W), samples=1)
+        other = second.render(world[::-1], _index(weak, slice(None, None, -1)), outputs=("image",))
+        again = first.render(world, weak, outputs=("image", "depth"))
+        assert second.ctx is not first.ctx
+        np.testing.assert_array_equal(again["image"], want["image"])
+        np.testing.assert_array_equal(again["depth"], want["depth"])
+        np.testing.assert_allclose(second.render(world[::-1], _index(weak, slice(None, None, -1)))["image"],
+                                   other["image"])
+        second.release()
+    finally:
+        gl.get_context.cache_clear()
+
+
+_inherited = {}  # what a forked child finds already made
+
+
+def _render_in_child(_):
+    verts, faces = lumpy_sphere()
+    return _inherited["renderer"].render(verts, WeakPerspective((0.5, 0.0, 0.0)))["image"].sum()
+
+
+def test_forked_child_gets_a_clear_error_not_a_hang():
+    verts, faces = lumpy_sphere()
+    _inherited["renderer"] = Renderer(faces, (H, W))
+    try:
+        with multiprocessing.get_context("fork").Pool(1) as pool:
+            with pytest.raises(RuntimeError, match="forked.*spawn"):
+                pool.apply_async(_render_in_child, (0,)).get(timeout=120)
+    finally:
+        _inherited.clear()
 
 
 def rss_mb():
