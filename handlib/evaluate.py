@@ -109,9 +109,9 @@ def evaluate(pred: dict[str, np.ndarray], hand_models: dict) -> dict[str, float]
             "beta_err": float(metrics.beta_error(pred["betas"][has3d], pred["betas_true"][has3d]).mean()),
             "samples3d": int(has3d.sum()),
         })
-    shares = [metrics.implausible_share(pred["hand_pose"][pred["side"] == k], hand_models[name]) * (pred["side"] == k).sum()
-              for k, name in enumerate(SIDES) if (pred["side"] == k).any()]
-    out["implausible"] = float(sum(shares) / len(pred["side"]))
+    counted = [(metrics.implausible_share(pred["hand_pose"][pred["side"] == k], hand_models[name]),
+                (pred["side"] == k).sum()) for k, name in enumerate(SIDES) if (pred["side"] == k).any()]
+    out["implausible"] = float(sum(share * n for share, n in counted) / len(pred["side"]))
     mags = metrics.beta_magnitudes(pred["betas"])
     out.update({"beta_abs_mean": mags["mean"], "beta_abs_p95": mags["p95"], "beta_abs_max": mags["max"]})
     return out

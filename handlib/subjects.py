@@ -1,8 +1,9 @@
 """Photos of synthetic people nobody trained on, written as image files, to personalise and to score the result.
 
 Their shapes are drawn with a seed of their own (not the training data's), every subject in the test split, so
-the network and the priors never saw them. Each subject gets `per_subject` photos of the open hand, fingers up, back or palm
-(as one would photograph one's hands for this; random side, view, light) saved as PNG files, as a user would give them, with the truth (β, side, θ, keypoints) kept beside.
+the network and the priors never saw them. Each subject gets `per_subject` photos of the open hand, fingers up,
+back or palm, as one would photograph one's hands for this (random side, view, light), saved as PNG files as a
+user would give them, with the truth (β, side, θ, keypoints) kept beside.
 """
 
 import json
@@ -22,8 +23,8 @@ SEED = 906  # apart from the training sets' seeds
 
 def subject_photos(root: str | os.PathLike, subjects: int = 3, per_subject: int = 3, image_size: int = 384,
                    seed: int = SEED) -> list[dict]:
-    """Make the photos (the same ones every time); one entry per subject: {"subject", "betas", "photos": [path], "sides",
-    "truth": [sample dict without the image]}. A subject with fewer than `per_subject` photos drawn is skipped."""
+    """Make the photos (the same ones every time); one entry per subject: {"subject", "betas", "photos": [path],
+    "sides", "truth": [sample dict without the image]}. A subject with fewer than `per_subject` photos drawn is skipped."""
     root = Path(root)
     config = synthetic.SyntheticConfig(samples=3 * subjects * per_subject, image_size=image_size, seed=seed,
                                        subjects=subjects, splits={"test": 1.0}, image_format="png",
