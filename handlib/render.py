@@ -12,7 +12,12 @@ tile), resolves antialiasing on the GL side and reads back once per chunk. Outpu
 
 mask, depth, normals and parts are sampled once at each pixel centre (no antialiasing), so they agree with each
 other exactly. Coordinates follow handlib.camera: OpenCV camera frame, pixel (0, 0) is the centre of the top-left
-pixel, weak perspective maps camera-space x, y to [-1, 1] over the image.
+pixel, weak perspective maps camera-space x, y to [-1, 1] over the image. UVs follow OBJ: v = 0 is the bottom
+row of the texture image. Shading is Gouraud (per-vertex Lambert light, interpolated); faces turned away from
+the camera are skipped for closed meshes, where they are hidden anyway.
+
+The OpenGL context is the process's shared one (handlib.gl), used from the thread that made it; a process
+forked after it was made cannot render (start workers with 'spawn').
 """
 
 import contextlib
@@ -63,9 +68,12 @@ def framing_camera(vertices: ArrayLike, margin: float = 0.1) -> WeakPerspective:
 
 def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     """Area-weighted unit vertex normals: vertices (B, V, 3), faces (F, 3) -> (B, V, 3); 0 for unused vertices."""
-    B, V, _ = vertices.shape
-    F = len(faces)
-    face_normals = _face_normals(vertices, faces)  # (B, F, 3), length = 2 * area
+    return _sum_to_vertices(_face_normals(vertices, faces), faces, vertices.shape[1])
+
+
+def _sum_to_vertices(face_normals: np.ndarray, faces: np.ndarray, V: int) -> np.ndarray:
+    """Face normals (B, F, 3) summed over each vertex's faces and normalised -> (B, V, 3)."""
+    B, F, _ = face_normals.shape
     incidence = scipy.sparse.csr_matrix(
         (np.ones(3 * F, np.float32), (faces.T.ravel(), np.tile(np.arange(F), 3))), shape=(V, F))
     summed = incidence @ face_normals.transpose(1, 0, 2).reshape(F, B * 3)  # (V, B * 3)
@@ -284,6 +292,10 @@ class Renderer:
         self.num_vertices = int(self.faces.max()) + 1
         self.height, self.width = (image_size, image_size) if np.isscalar(image_size) else image_size
         self.msaa, self.supersample = _split_samples(samples, self.ctx.max_samples)
+        limit = self.ctx.info["GL_MAX_TEXTURE_SIZE"]
+        if max(self.width * self.supersample[0], self.height * self.supersample[1]) > limit:
+            raise ValueError(f"{self.height}x{self.width} with {samples} samples needs a framebuffer larger than "
+                             f"this driver's {limit} pixels: use fewer samples or a smaller image")
         self.textured = vt is not None
         if (vt is None) != (ft is None):
             raise ValueError("vt and ft come together: give both or neither")
@@ -353,11 +365,13 @@ class Renderer:
         B = len(verts)
         view, proj = self._camera_matrices(camera, verts)
         block = _sample_block(view, proj, Light() if light is None else light, color)
-        normals = vertex_normals(verts, self.faces)
-        # +1 where the winding turns outwards as seen by the camera, -1 inwards (mirrored), 0 flat
+        face_normals = _face_normals(verts, self.faces)  # (B, F, 3)
+        normals = _sum_to_vertices(face_normals, self.faces, self.num_vertices)
+        # +1 where the winding turns outwards as seen by the camera, -1 inwards (mirrored), 0 flat: the sign of
+        # the enclosed volume, sum over faces of a . (b x c) = a . ((b - a) x (c - a))
         orientation = np.zeros(B)
         if self.cull:
-            volume = np.einsum("bfi,bfi->b", verts[:, self.faces[:, 0]], _face_normals(verts, self.faces))
+            volume = np.einsum("bfi,bfi->b", verts[:, self.faces[:, 0]], face_normals)
             orientation = np.sign(volume * np.linalg.det(view[:, :3, :3]))
         if np.ndim(background) >= 3:
             background = _images(background, B, (self.height, self.width), "background")  # (1 or B, H, W, 3)

@@ -413,6 +413,8 @@ def test_bad_inputs_say_what_is_wrong():
         renderer.render(verts, np.array([0.5, 0, 0]))
     with pytest.raises(ValueError, match="samples"):
         Renderer(faces, (H, W), samples=3)
+    with pytest.raises(ValueError, match="larger than this driver's"):
+        Renderer(faces, (8, renderer.ctx.info["GL_MAX_TEXTURE_SIZE"] + 1), samples=1)
 
 
 def test_missing_system_package_is_named(monkeypatch):
