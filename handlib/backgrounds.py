@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from scipy import ndimage
 
 KINDS = ("white", "plain", "texture", "images")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -37,18 +36,16 @@ def texture(rng: np.random.Generator, size: int) -> np.ndarray:
         t = (t - t.min()) / (np.ptp(t) + 1e-6)
     elif kind == 1:
         cells = int(rng.integers(3, 17))
-        grid = rng.random((cells + 1, cells + 1)).astype(np.float32)
-        t = ndimage.zoom(grid, size / (cells + 1), order=3, mode="nearest", grid_mode=True)[:size, :size]
-        t = np.clip(t, 0, 1)
+        grid = Image.fromarray(rng.random((cells, cells)).astype(np.float32), mode="F")
+        t = np.clip(np.asarray(grid.resize((size, size), Image.BICUBIC)), 0, 1)
     else:
         freq = rng.uniform(3, 20)
         angle = rng.uniform(0, np.pi)
-        u = np.cos(angle) * x + np.sin(angle) * y
-        t = (np.sin(2 * np.pi * freq * u) > 0).astype(np.float32)
+        sharp = rng.uniform(2, 12)  # soft to crisp edges
+        t = np.tanh(sharp * np.sin(2 * np.pi * freq * (np.cos(angle) * x + np.sin(angle) * y)))
         if rng.random() < 0.5:
-            v = -np.sin(angle) * x + np.cos(angle) * y
-            t = np.abs(t - (np.sin(2 * np.pi * freq * v) > 0))
-        t = ndimage.gaussian_filter(t, rng.uniform(0.5, 2.0) * size / 128)
+            t = t * np.tanh(sharp * np.sin(2 * np.pi * freq * (-np.sin(angle) * x + np.cos(angle) * y)))
+        t = 0.5 + 0.5 * t
     a, b = rng.uniform(0, 1, (2, 3)).astype(np.float32)
     image = a + t[..., None] * (b - a)
     return _to_uint8(image + rng.normal(0, 0.01, image.shape[:2])[..., None])

@@ -470,12 +470,12 @@ def load_model(kind: str, side: str) -> tuple[HandModel, dict, str]:
 
 
 def _model_fingerprint(config: SyntheticConfig) -> dict:
-    digest, name = hashlib.sha256(), None
+    digest, names = hashlib.sha256(), {}
     for side in SIDES:
-        model, _, name = load_model(config.model, side)
+        model, _, names[side] = load_model(config.model, side)
         digest.update(model.v_template.numpy().tobytes())
         digest.update(model.shapedirs.numpy().tobytes())
-    return {"name": name, "vertices": int(model.num_verts), "sha256": digest.hexdigest()[:16]}
+    return {"files": names, "vertices": int(model.num_verts), "sha256": digest.hexdigest()[:16]}
 
 
 def write_splits(root: Path, subjects: dict) -> None:

@@ -239,3 +239,26 @@ def test_visibility_sees_a_flat_hand_whole_and_hides_a_fists_fingertips_from_beh
         assert visible[tips].all() == expect_tips and visible[tips].any() == expect_tips and visible[4]
         if expect_tips:
             assert visible.all()
+
+
+def test_real_mano_files_without_an_atlas_give_plain_skin(tmp_path, monkeypatch):
+    from handlib.builtin import builtin_params
+    from tests.fixtures.mano import write_chumpy_pickle
+
+    files = {}
+    for side in synthetic.SIDES:  # the built-in hand written as the released MANO pickles are: no UV atlas
+        params = {k: v for k, v in builtin_params(side).items() if k not in ("vt", "ft")}
+        params["J_regressor"] = params["J_regressor"].toarray()
+        files[side] = tmp_path / f"MANO_{side.upper()}.pkl"
+        write_chumpy_pickle(params, files[side])
+    monkeypatch.setattr(synthetic, "find_mano", lambda side: files[side])
+    root = tmp_path / "data"
+    synthetic.generate(root, {**TINY, "samples": 4, "model": "mano", "splits": {"train": 1.0}})
+    assert shards.read_manifest(root)["header"]["model"]["files"] == {side: str(files[side]) for side in files}
+    for item in synthetic.load(root, "train"):
+        model = HandModel.from_mano(files[synthetic.SIDES[item["side"]]])
+        out = model(betas=torch.from_numpy(item["beta"])[None], hand_pose=torch.from_numpy(item["theta"])[None],
+                    global_orient=torch.from_numpy(item["global_orient"])[None])
+        np.testing.assert_allclose(out.keypoints[0].numpy(), item["keypoints_3d"], atol=2e-5)
+        hand = item["image"][item["silhouette"] > 0].astype(float)
+        assert hand.std(0).max() < 40  # one albedo, only shading varies
