@@ -559,3 +559,16 @@ def load(root: str | Path, split: str | None = "train", cache: int = 4, verify: 
     """The samples of `split` of a generated dataset, as stored (corrupt shards reported by name and skipped);
     `cache` shards stay open."""
     return shards.ShardDataset(root, split, cache=cache, verify=verify)
+
+
+def loader_sample(item: dict) -> dict:
+    """A stored sample in the raw form handlib.loader takes; exact keypoints get certainty 1, hidden or not."""
+    return {"image": item["image"], "side": SIDES[int(item["side"])], "mask": item["silhouette"] > 0,
+            "keypoints": np.concatenate([item["keypoints_2d"], np.ones((21, 1), np.float32)], 1),
+            "hand_pose": item["theta"], "betas": item["beta"], "global_orient": item["global_orient"],
+            "keypoints3d": item["keypoints_3d"]}
+
+
+def source(root: str | Path, split: str = "train", cache: int = 4, verify: bool = True) -> shards.ShardDataset:
+    """The samples of `split` in the raw form handlib.loader.HandCrops takes (`loader_sample`)."""
+    return shards.ShardDataset(root, split, cache=cache, verify=verify, transform=loader_sample)

@@ -7,6 +7,7 @@ from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
 from handlib import anatomy, camera, shards, synthetic
+from handlib.loader import HandCrops, SyntheticSource
 from handlib.model import HandModel
 from handlib.render import Renderer, WeakPerspective
 
@@ -262,3 +263,12 @@ def test_real_mano_files_without_an_atlas_give_plain_skin(tmp_path, monkeypatch)
         np.testing.assert_allclose(out.keypoints[0].numpy(), item["keypoints_3d"], atol=2e-5)
         hand = item["image"][item["silhouette"] > 0].astype(float)
         assert hand.std(0).max() < 40  # one albedo, only shading varies
+
+
+def test_samples_feed_the_training_loader(weak):
+    crops = HandCrops(SyntheticSource(synthetic.load(weak, "train")), image_size=32)
+    direct = HandCrops(synthetic.source(weak, "train"), image_size=32)
+    sample = crops[0]
+    assert sample["has3d"] and sample["has_mask"] and sample["image"].shape == (3, 32, 32)
+    assert sample["keypoints2d"].abs().max() <= 1.0
+    torch.testing.assert_close(sample["keypoints3d"], direct[0]["keypoints3d"])
