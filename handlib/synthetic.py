@@ -10,7 +10,8 @@ handlib.anatomy's limits), view (dorsal or palmar, tilted, rolled), camera, ligh
 A sample: the hand's side and subject; β (10); θ (45, axis-angle hand_pose of a `HandModel` with
 flat_hand_mean=False, the model of that side); the global rotation (3, axis-angle about the wrist); the camera
 (weak perspective `cam` = (s, tx, ty), or perspective `K` with the hand at `transl` in the camera frame); the 21
-keypoints (OpenPose order) in 3D (metres, OpenCV camera frame) and 2D (pixels, handlib.camera conventions);
+keypoints (OpenPose order) in 3D (metres, OpenCV camera frame; for the weak-perspective camera that is the model's
+frame, rotated about the wrist, with no translation) and 2D (pixels, handlib.camera conventions);
 `visible` (a keypoint not hidden behind another part of the hand: the rendered part at its pixel is its own bone
 or its parent's, `keypoint_parts`); the image; the silhouette; the part segmentation
 (0 background, 1 + MANO joint index of the segment, handlib.joints.MANO_JOINT_NAMES).
@@ -99,7 +100,13 @@ class SyntheticConfig:
             if set(weights) - set(keys) or sum(weights.values()) <= 0 or min(weights.values()) < 0:
                 raise ValueError(f"{name} must map some of {keys} to non-negative weights, got {weights}")
         if self.backgrounds.get("images", 0) > 0:
-            backgrounds.image_files(self.background_dir or "")  # fails now, naming the folder, not mid-run
+            if not self.background_dir:
+                raise ValueError("the background kind 'images' needs background_dir, a folder of images")
+            backgrounds.image_files(self.background_dir)  # fails now, naming the folder, not mid-run
+        if min(self.samples, self.shard_size, self.image_size, self.atlas_size) < 1:
+            raise ValueError("samples, shard_size, image_size and atlas_size must be positive")
+        if not 0 < self.fill[0] <= self.fill[1] <= 1:
+            raise ValueError(f"fill must be (low, high) with 0 < low <= high <= 1, got {self.fill}")
         if self.model not in ("default", "builtin", "mano"):
             raise ValueError(f"model must be 'default', 'builtin' or 'mano', got {self.model!r}")
 
@@ -361,7 +368,7 @@ class SampleMaker:
         light = Light(*(np.stack([d["light"][k] for d in draws]) for k in range(3)))
         albedo = {"texture": stack("texture")} if self.atlases[side] else {"color": stack("texture")}
         result = self.renderers[side].render(verts.astype(np.float32), projection, background=stack("background"),
-                                             light=light, outputs=("image", "mask", "depth", "parts"), **albedo)
+                                             light=light, outputs=("image", "mask", "parts"), **albedo)
         _tick(timing, "render", clock)
         fields.update(keypoints_3d=kp3d, keypoints_2d=kp2d.astype(np.float32),
                       visible=_visible(kp2d, result["parts"], self.keypoint_parts[side]), image=result["image"],

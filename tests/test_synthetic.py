@@ -74,6 +74,10 @@ def test_unknown_setting_is_a_clear_error():
         synthetic.SyntheticConfig.from_dict({"colour": "red"})
     with pytest.raises(ValueError, match="camera"):
         synthetic.SyntheticConfig.from_dict({"camera": "fisheye"})
+    with pytest.raises(ValueError, match="needs background_dir"):
+        synthetic.SyntheticConfig.from_dict({"backgrounds": {"images": 1.0}})
+    with pytest.raises(ValueError, match="fill"):
+        synthetic.SyntheticConfig.from_dict({"fill": [0.9, 1.2]})
     with pytest.raises(FileNotFoundError, match="nowhere"):
         synthetic.SyntheticConfig.from_dict({"backgrounds": {"images": 1.0}, "background_dir": "/nowhere"})
 
