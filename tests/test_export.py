@@ -171,3 +171,17 @@ def test_obj_has_uvs_material_and_texture_and_json_is_stable(model, tmp_path):
     assert json.loads(first) == {"beta": [0.0, 0.0, 0.123457], "name": "x"}
     export.write_json(tmp_path / "p.json", {"beta": torch.tensor([1e-9, -1e-9, 0.1234567]), "name": "x"})
     assert (tmp_path / "p.json").read_bytes() == first
+
+
+def test_a_model_without_uvs_exports_without_texture_coordinates(tmp_path):
+    params = tiny_params()
+    del params["vt"], params["ft"]  # as the real MANO files: no UV atlas
+    rig = export.Rig.from_model(HandModel(params).double())
+    export.write_glb(tmp_path / "plain.glb", rig, texture=Image.new("RGB", (4, 4)))
+    gltf, data = _load(tmp_path / "plain.glb")
+    attributes = gltf.meshes[0].primitives[0].attributes
+    assert attributes.TEXCOORD_0 is None and not gltf.images
+    assert len(_accessor(gltf, data, attributes.POSITION)) == len(params["v_template"])  # no seams to split
+    written = export.write_obj(tmp_path / "plain.obj", rig)
+    assert written == [tmp_path / "plain.obj"]
+    assert len(trimesh.load(tmp_path / "plain.obj", process=False).vertices) == len(params["v_template"])
