@@ -32,11 +32,12 @@ class HandOutput(NamedTuple):
 
 
 @functools.lru_cache(maxsize=None)
-def _skew_basis(dtype: torch.dtype, device: torch.device) -> Tensor:
-    """(3, 9): r @ basis is [r]× flattened, [[0, −z, y], [z, 0, −x], [−y, x, 0]]."""
-    basis = torch.zeros(3, 9, dtype=dtype, device=device)
-    basis[2, 1], basis[1, 2], basis[2, 3], basis[0, 5], basis[1, 6], basis[0, 7] = -1, 1, 1, -1, -1, 1
-    return basis
+def _constants(dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
+    """The 3×3 identity, and the (3, 9) basis with r @ basis = [r]× flattened: [[0, −z, y], [z, 0, −x], [−y, x, 0]]."""
+    with torch.inference_mode(False):  # cached: they must serve autograd later even if made in inference mode
+        basis = torch.zeros(3, 9, dtype=dtype, device=device)
+        basis[2, 1], basis[1, 2], basis[2, 3], basis[0, 5], basis[1, 6], basis[0, 7] = -1, 1, 1, -1, -1, 1
+        return torch.eye(3, dtype=dtype, device=device), basis
 
 
 def batch_rodrigues(rot_vecs: Tensor) -> Tensor:
@@ -50,8 +51,8 @@ def batch_rodrigues(rot_vecs: Tensor) -> Tensor:
     theta2 = outer.diagonal(dim1=1, dim2=2).sum(1)[:, None, None] + 1e-16  # (N, 1, 1)
     theta = theta2.sqrt()
     cos = torch.cos(theta)
-    skew = (rot_vecs @ _skew_basis(rot_vecs.dtype, rot_vecs.device)).view(-1, 3, 3)  # [r]×
-    eye = torch.eye(3, dtype=rot_vecs.dtype, device=rot_vecs.device)
+    eye, skew_basis = _constants(rot_vecs.dtype, rot_vecs.device)
+    skew = (rot_vecs @ skew_basis).view(-1, 3, 3)  # [r]×
     return torch.addcmul(torch.addcmul(cos * eye, torch.sin(theta) / theta, skew), (1 - cos) / theta2, outer)
 
 
@@ -83,26 +84,27 @@ def lbs(betas: Tensor, pose: Tensor, v_template: Tensor, blend_dirs: Tensor, J_t
     """MANO for a batch: posed vertices (B, V, 3) and joints (B, 16, 3).
 
     betas (B, K); pose (B, 16, 3) axis-angle, joint 0 the global rotation (about the wrist joint).
-    v_template (V*3,) T̄; blend_dirs (K + 135, V*3): shapedirs then posedirs, flattened, so that
-    T_P = T̄ + B_S(β) + B_P(θ) is one matmul on [β, vec(R_k(θ) − I) for k = 1..15].
+    v_template (3*V,) T̄ and blend_dirs (K + 135, 3*V), shapedirs then posedirs, flattened coordinate-major
+    (x of every vertex, then y, then z), so that T_P = T̄ + B_S(β) + B_P(θ) is one matmul on
+    [β, vec(R_k(θ) − I) for k = 1..15].
     J_template (93,), J_dirs (K, 93): the joint regressor applied to T̄ and to the shapedirs, giving the
     rest joints J(β) = J_regressor (T̄ + B_S(β)) and the bones J_j − J_parent(j) in one matmul.
     lbs_weights (V, 16): 𝒲.
     """
     batch = pose.shape[0]
     rot_mats = batch_rodrigues(pose.reshape(-1, 3)).view(batch, 16, 3, 3)
-    eye = torch.eye(3, dtype=pose.dtype, device=pose.device)
-    pose_feature = (rot_mats[:, 1:] - eye).view(batch, 135)
-    v_posed = torch.addmm(v_template, torch.cat([betas, pose_feature], 1), blend_dirs).view(batch, -1, 3, 1)
+    pose_feature = (rot_mats[:, 1:] - _constants(pose.dtype, pose.device)[0]).view(batch, 135)
+    # Vertex arrays are coordinate-major, (B, 3, V), so that skinning's per-vertex products run along V.
+    v_posed = torch.addmm(v_template, torch.cat([betas, pose_feature], 1), blend_dirs).view(batch, 3, -1)
     rest_joints, bones = torch.addmm(J_template, betas, J_dirs).view(batch, 31, 3).split([16, 15], 1)
 
     world_rot, world_pos = forward_kinematics(rot_mats, rest_joints, bones)
     # Skinning transform of joint j: x ↦ G_j (x − J_j), i.e. rotation R_j and translation t_j − R_j J_j.
     skin_transl = world_pos - (world_rot @ rest_joints[..., None]).squeeze(-1)
     transforms = torch.cat([world_rot.view(batch, 16, 9), skin_transl], 2)  # (B, 16, 12)
-    rot, transl = (lbs_weights @ transforms).split([9, 3], 2)  # Σ_j w_vj [R_j | t_j]: (B, V, 9), (B, V, 3)
-    vertices = (rot.view(batch, -1, 3, 3) @ v_posed).squeeze(-1) + transl
-    return vertices, world_pos
+    rot, transl = (transforms.transpose(1, 2) @ lbs_weights.T).split([9, 3], 1)  # Σ_j w_vj [R_j | t_j]
+    vertices = (rot.view(batch, 3, 3, -1) * v_posed[:, None]).sum(2) + transl  # (B, 3, V)
+    return vertices.transpose(1, 2).contiguous(), world_pos
 
 
 def _dense(matrix) -> np.ndarray:
@@ -192,8 +194,8 @@ class HandModel(torch.nn.Module):
         posedirs = np.asarray(params["posedirs"], np.float64)
         J_regressor = _dense(params["J_regressor"]).astype(np.float64)
         num_verts, num_betas = len(v_template), shapedirs.shape[-1]
-        blend_dirs = np.concatenate([shapedirs.reshape(-1, num_betas).T, posedirs.reshape(-1, posedirs.shape[-1]).T])
-        buffer("_v_template_flat", v_template.reshape(-1), persistent=False)
+        blend_dirs = np.concatenate([shapedirs, posedirs], 2).transpose(2, 1, 0).reshape(num_betas + 135, -1)
+        buffer("_v_template_flat", v_template.T.reshape(-1), persistent=False)
         buffer("_blend_dirs", blend_dirs, persistent=False)
         # Rest joints and bones (J_j − J_parent(j), j ≥ 1) are linear in β: precompute both maps.
         J_template = J_regressor @ v_template  # (16, 3)

@@ -83,10 +83,12 @@ class HandView:
 
 
 def draw_hand(ax, vertices: np.ndarray, faces: np.ndarray, frame: np.ndarray, joints: np.ndarray | None = None,
-              parents: np.ndarray | None = None, color: str = SKIN) -> None:
+              parents: np.ndarray | None = None, color: str = SKIN, half_size: float | None = None) -> None:
     """Draw a shaded mesh (and its skeleton) on a matplotlib 3D axis, in `frame` (see hand_frame).
 
     The hand's length is drawn upwards, its breadth left to right, its palm normal towards the viewer.
+    half_size (metres): the drawn cube's half side, the same for every panel so that sizes compare;
+    by default the mesh fills the axis.
     """
     from matplotlib.colors import to_rgb
     from mpl_toolkits.mplot3d.art3d import Line3DCollection, Poly3DCollection
@@ -104,9 +106,10 @@ def draw_hand(ax, vertices: np.ndarray, faces: np.ndarray, frame: np.ndarray, jo
         j = np.asarray(joints) @ to_axes.T
         ax.add_collection3d(Line3DCollection(skeleton_segments(j, parents), colors="black", linewidths=1.5))
         ax.scatter(*j.T, color="crimson", s=8, depthshade=False)
-    centre, half = (v.max(0) + v.min(0)) / 2, (v.max(0) - v.min(0)).max() / 2
+    centre = (v.max(0) + v.min(0)) / 2
+    half = (v.max(0) - v.min(0)).max() / 2 if half_size is None else half_size
     ax.set(xlim=(centre[0] - half, centre[0] + half), ylim=(centre[1] - half, centre[1] + half),
            zlim=(centre[2] - half, centre[2] + half))
-    ax.set_box_aspect((1, 1, 1))
+    ax.set_box_aspect((1, 1, 1), zoom=1.4)
     ax.view_init(elev=15, azim=-75)
     ax.set_axis_off()

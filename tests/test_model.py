@@ -165,3 +165,15 @@ def test_builtin_exports_to_smplx(tmp_path):
         reference = smplx_mano(path, is_rhand=side == "right", use_pca=False, flat_hand_mean=False)
         inputs = random_inputs(4, 45)
         assert (model(**inputs).vertices - reference(**inputs).vertices).abs().max() < 1e-6
+
+
+def test_gradients_after_a_first_call_in_inference_mode():
+    from handlib.model import _constants
+
+    _constants.cache_clear()  # the cached constants get made inside inference mode
+    model = HandModel(random_mano_params(30, 30), dtype=torch.float64)
+    with torch.inference_mode():
+        model(hand_pose=torch.randn(2, 45, dtype=torch.float64))
+    pose = torch.randn(2, 45, dtype=torch.float64, requires_grad=True)
+    model(hand_pose=pose).vertices.sum().backward()
+    assert pose.grad is not None and pose.grad.abs().sum() > 0
