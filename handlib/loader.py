@@ -72,6 +72,22 @@ class Hands11kSource:
         return {"image": image, "keypoints": kp, "side": s.side or self.side}
 
 
+class SyntheticSource:
+    """A handlib.synthetic dataset read without a transform (synthetic.load) as a source; synthetic.source gives
+    the same samples directly."""
+
+    def __init__(self, dataset: Sequence):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> dict:
+        from handlib.synthetic import loader_sample
+
+        return loader_sample(self.dataset[i])
+
+
 def in_memory(source: Sequence, progress: bool = False) -> list[dict]:
     """Every raw sample of `source` read and decoded once, as a list (a source too). For datasets that fit in
     memory: a step then pays only for the crop and augmentation, and forked workers share the arrays."""

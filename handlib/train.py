@@ -27,12 +27,12 @@ from handlib.io import atomic_path, atomic_write_text
 from handlib.joints import OPENPOSE_PARENTS
 from handlib.loader import Augment, DrawSampler, HandCrops, Mixture
 from handlib.losses import LossWeights, hand_losses
-from handlib.network import ENCODERS, HandNet
+from handlib.network import ENCODERS, SIDES, HandNet
 
 CHECKPOINT = "checkpoint.pt"
 # Settings a run may change when it resumes: they do not change the numbers it computes.
 NOT_RESULTS = {"run_dir", "workers", "device", "progress", "log_every", "val_every", "val_batch", "image_every",
-               "images", "checkpoint_every"}
+               "images", "render_meshes", "checkpoint_every"}
 
 
 @dataclass
@@ -61,6 +61,7 @@ class TrainConfig:
     val_batch: int = 32
     image_every: int = 500
     images: int = 4                      # validation crops shown per picture
+    render_meshes: bool = True           # pictures of the predicted meshes too (headless OpenGL)
     checkpoint_every: int = 500
     workers: int = 2
     seed: int = 0
@@ -180,6 +181,9 @@ def train(cfg: TrainConfig, train_sources: dict, val_sources: dict, hand_models:
         if main and (done % cfg.image_every == 0 or done == cfg.iterations):
             writer.add_image("val/keypoints", keypoint_pictures(net, val_batch, cfg.images, device), done,
                              dataformats="HWC")
+            if cfg.render_meshes:
+                writer.add_image("val/meshes", mesh_pictures(net, val_batch, cfg.images, device), done,
+                                 dataformats="HWC")
         if main and (done % cfg.checkpoint_every == 0 or done == cfg.iterations):
             save_checkpoint(run_dir / CHECKPOINT, net, opt, sched, done, cfg)
     bar.close()
@@ -270,3 +274,22 @@ def keypoint_pictures(net: HandNet, batch: dict, n: int, device) -> np.ndarray:
             row.append(np.asarray(pic))
         rows.append(np.concatenate(row, 1))
     return np.concatenate(rows, 0)
+
+
+@torch.no_grad()
+def mesh_pictures(net: HandNet, batch: dict, n: int, device) -> np.ndarray:
+    """The final predicted meshes drawn over their validation crops, side by side (HWC uint8)."""
+    from handlib.render import Renderer, WeakPerspective
+
+    net.eval()
+    images, side = batch["image"][:n].to(device), batch["side"][:n].to(device)
+    p = net(images, side)[-1]
+    crops = ((images.permute(0, 2, 3, 1).cpu().numpy() + 1) * 127.5).clip(0, 255).astype(np.uint8)
+    out = crops.copy()
+    for k, name in enumerate(SIDES):
+        idx = (side == k).nonzero()[:, 0].cpu().numpy()
+        if len(idx):
+            renderer = Renderer(net.hand_models[name].faces.cpu().numpy(), images.shape[-1], samples=4)
+            out[idx] = renderer.render(p.vertices[idx].cpu(), WeakPerspective(p.cam[idx].cpu()),
+                                       background=crops[idx])["image"]
+    return np.concatenate(list(out), 1)
