@@ -564,3 +564,33 @@ def test_hand_texture_round_trip(hand):
         got = out["image"][b][py, px, :2] / 255
         assert len(py) > 2000
         np.testing.assert_allclose(got, uv, atol=4 / 255)
+
+
+@pytest.mark.parametrize("kind", ["weak", "perspective"])
+def test_hand_keypoints_land_where_handlib_projects_them(hand, kind):
+    """Small markers at the posed hand's 21 keypoints, rendered, are found within half a pixel of
+    handlib.camera's projection (keypoints closer than 10 px to another are left out: markers would touch)."""
+    model, _ = hand
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        out = model(hand_pose=0.2 * torch.randn(3, 45, generator=g), global_orient=torch.randn(3, 3, generator=g))
+    kp = (out.keypoints - out.keypoints.mean(dim=1, keepdim=True)).numpy()  # (3, 21, 3)
+    size = 224
+    if kind == "weak":
+        cam = WeakPerspective(np.array([[8.0, 0.0, 0.0], [9.0, 0.05, -0.1], [7.5, -0.1, 0.05]]))
+        radius = 2.5 * 2 / size / cam.cam[:, :1, None]
+    else:
+        K = np.array([[900.0, 0, 110.3], [0, 880.0, 114.6], [0, 0, 1]], np.float32)
+        cam = Perspective(np.stack([K] * 3), np.stack([rotation(s) for s in range(3)]),
+                          np.array([[0.0, 0.0, 0.5], [0.01, -0.02, 0.55], [-0.01, 0.0, 0.45]], np.float32))
+        radius = 2.5 * 0.45 / 900 * np.ones((3, 21, 1))
+    expected = project(kp, cam, size, size)
+    verts, faces = octahedra(kp.astype(np.float32), radius)
+    image = Renderer(faces, size, samples=16).render(verts, cam, color=(1, 1, 1),
+                                                      light=Light(diffuse=0.0, ambient=1.0))["image"]
+    for b in range(3):
+        gaps = np.linalg.norm(expected[b, :, None] - expected[b, None], axis=-1) + 1e9 * np.eye(21)
+        alone = (gaps.min(axis=1) >= 10) & ((expected[b] > 6) & (expected[b] < size - 7)).all(axis=1)
+        assert alone.sum() >= 8
+        error = np.linalg.norm(marker_centres(image[b], expected[b, alone]) - expected[b, alone], axis=1)
+        assert error.max() < 0.5, error
