@@ -187,3 +187,15 @@ def test_failed_save_keeps_the_old_file(tmp_path):
         save_mano(dict(random_mano_params(20, 20), extra=lambda: 0), path, side="right")
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+def test_default_prefers_a_real_mano_file_under_data(tmp_path, monkeypatch):
+    from handlib import paths
+    from handlib.model import find_mano
+
+    monkeypatch.setattr(paths, "MANO_DIR", tmp_path)
+    assert find_mano("right") is None
+    HandModel(random_mano_params(30, 30, seed=9), side="right").export_mano(tmp_path / "MANO_RIGHT.npz")
+    assert find_mano("right") == tmp_path / "MANO_RIGHT.npz"
+    model = HandModel.default("right")
+    assert model.num_verts == 30 and model.side == "right"
