@@ -205,14 +205,17 @@ def load_mano(path: str | os.PathLike, side: str | None = None,
     return params, side
 
 
-def save_mano(params: dict, path: str | os.PathLike, side: str) -> None:
+def save_mano(params: dict, path: str | os.PathLike, side: str | None = None) -> None:
     """Write MANO-layout `params` atomically: .npz (no pickle; sparse arrays stored dense) or .pkl.
 
-    The file records `side` and the handlib version (so load_mano knows it needs no left fix); other
-    MANO loaders ignore those keys.
+    `params` as load_mano returns them or HandModel.mano_params gives them (left-hand fix applied): the
+    file records the handlib version, so that load_mano applies no fix again, and `side` when given;
+    other MANO loaders ignore those keys.
     """
     path = Path(path)
-    params = dict(params, side=side, **{HANDLIB_MARK: handlib.__version__})
+    params = dict(params, **{HANDLIB_MARK: handlib.__version__})
+    if side is not None:
+        params["side"] = side
     if path.suffix == ".npz":
         arrays = {k: v.toarray() if scipy.sparse.issparse(v) else np.asarray(v) for k, v in params.items()}
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
