@@ -260,9 +260,9 @@ class Renderer:
     faces (F, 3); image_size H or (H, W); vt (T, 2) / ft (F, 3): UVs (v up) and per-face UV indices for
     textures; parts: per-vertex labels (V,) or skinning weights (V, J), one label per face (the label with the
     largest summed weight over the face's corners); samples: antialiasing samples per pixel (MSAA up to the
-    driver's limit, supersampling on top); cull: skip faces turned away from the camera (default: when the mesh is
-    closed, where they are always hidden; per chunk, only when all its samples have one orientation); max_memory: bytes of framebuffers for one chunk of the batch (the
-    batch is drawn in as few chunks as fit).
+    driver's limit, supersampling on top); cull: skip faces turned away from the camera (default: when the mesh
+    is closed, where they are always hidden; per chunk, only when all its samples have one orientation);
+    max_memory: bytes of framebuffers for one chunk of the batch (the batch is drawn in as few chunks as fit).
     """
 
     def __init__(self, faces: ArrayLike, image_size: int | tuple[int, int], vt: ArrayLike | None = None,
@@ -299,8 +299,8 @@ class Renderer:
         self.textured = vt is not None
         if (vt is None) != (ft is None):
             raise ValueError("vt and ft come together: give both or neither")
-        corner_uv = np.zeros((3 * len(self.faces), 1), np.int64) if vt is None else _numpy(ft, np.int64).reshape(-1, 1)
-        pairs, drawn_index = np.unique(np.concatenate([self.faces.reshape(-1, 1), corner_uv], axis=1), axis=0,
+        uv_index = np.zeros((3 * len(self.faces), 1), np.int64) if vt is None else _numpy(ft, np.int64).reshape(-1, 1)
+        pairs, drawn_index = np.unique(np.concatenate([self.faces.reshape(-1, 1), uv_index], axis=1), axis=0,
                                        return_inverse=True)  # (D, 2) distinct (vertex, UV index), (3 F,)
         drawn_uv = np.zeros((len(pairs), 2), np.float32) if vt is None else _numpy(vt)[pairs[:, 1]]
         self.cull = _closed(self.faces) if cull is None else cull
@@ -607,7 +607,8 @@ class Renderer:
 
     def _release(self) -> None:
         objects = [self._mesh_color, self._mesh_aux, self._composite, *self._vaos.values(), self._drawn_index,
-                   self._drawn_vertex, self._drawn_uv, self._face_part_buffer, *self._buffers.values(), *self._textures.values()]
+                   self._drawn_vertex, self._drawn_uv, self._face_part_buffer, *self._buffers.values(),
+                   *self._textures.values()]
         for fbo_objects in self._framebuffers.values():
             objects.extend(fbo_objects)
         for obj in objects:
