@@ -92,7 +92,8 @@ def prior_residuals(hand_pose: torch.Tensor, betas: torch.Tensor, model, config:
     if config.pose_prior_weight:
         blocks["pose_prior"] = math.sqrt(config.pose_prior_weight) * pose_prior_coefficients(hand_pose, model)
     if config.joint_limit_weight:
-        blocks["joint_limits"] = math.sqrt(config.joint_limit_weight) * anatomy.limit_excess(hand_pose, model).flatten(1)
+        excess = anatomy.limit_excess(hand_pose, model).flatten(1)
+        blocks["joint_limits"] = math.sqrt(config.joint_limit_weight) * excess
     return blocks
 
 

@@ -1,5 +1,3 @@
-import math
-
 import numpy as np
 import pytest
 import scipy.optimize
@@ -123,7 +121,8 @@ def test_certainty_zero_keypoints_do_not_pull(toy):
     wrong[:, 8] += 0.5  # the index tip far off, but with certainty 0
     certainty = torch.ones(2, 21)
     certainty[:, 8] = 0
-    fit = fitting.fit_keypoints_2d(toy, wrong, certainty, fitting.FitConfig(pose_iters=10, shape_iters=3, both_iters=15))
+    config = fitting.FitConfig(pose_iters=10, shape_iters=3, both_iters=15)
+    fit = fitting.fit_keypoints_2d(toy, wrong, certainty, config)
     others = torch.ones(21, dtype=torch.bool)
     others[8] = False
     assert float((fit.keypoints_2d - kp)[:, others].norm(dim=-1).max()) < 1e-3

@@ -66,7 +66,8 @@ def test_noise_free_registrations_are_the_models_meshes(model):
                       transl=t["transl"]).vertices
     np.testing.assert_allclose(made.vertices, again.numpy(), atol=1e-6)
     # one β per subject
-    assert np.allclose(made.truth["betas"][:3], made.truth["betas"][0]) and not np.allclose(*made.truth["betas"][[0, 3]])
+    betas = made.truth["betas"]
+    assert np.allclose(betas[:3], betas[0]) and not np.allclose(betas[0], betas[3])
 
 
 def test_noise_and_residual_have_the_asked_sizes(model):
