@@ -6,9 +6,10 @@ weights, kintree_table, f, hands_components, hands_mean, hands_coeffs, J, bs_sty
 code, deterministically (fixed seeds), and cached in data/builtin/ (regenerated when missing or when
 GENERATOR_VERSION changes). How it is made:
 
-- the surface (builtin_skeleton, builtin_sdf, builtin_mesh): an anatomical skeleton of the mean adult hand
-  (length 185 mm, breadth 84 mm) dressed in an implicit surface, onto which one structured mesh is cast:
-  watertight, 2-manifold, rings crowded at the joints, a flat hand with spread fingers and an abducted thumb;
+- the surface (builtin_skeleton, builtin_sdf, builtin_mesh, builtin_cast): an anatomical skeleton of the mean
+  adult hand (length 185 mm, breadth 84 mm) dressed in an implicit surface, onto which one structured mesh is
+  cast: watertight, 2-manifold, rings crowded at the joints, a flat hand with spread fingers and an abducted
+  thumb;
 - skinning weights (builtin_skin): harmonic between the bones' rigid parts;
 - the shape space (builtin_shape): PCA of a generated adult population, 10 components with beta ~ N(0, I);
   the J_regressor is fitted on that population so that the joints follow the shape;
@@ -20,8 +21,9 @@ GENERATOR_VERSION changes). How it is made:
 
 Frame (as MANO's right hand): metres; the fingers point along -x, the back of the hand faces +y (the palm -y),
 the thumb is on the +z side; the middle finger's knuckle (MCP joint) is at x = 0 and the wrist joint at about
-x = +0.087. Flexing a joint is a positive rotation about its lateral axis (about +z for the fingers: the
-fingertips curl toward -y). Hand length is measured from the wrist joint to the middle fingertip along the hand's
+x = +0.087. Flexing a joint is a positive rotation about its flexion axis (`builtin_joint_axes`; about +z for
+the fingers: the fingertips curl toward -y; the thumb's hinges curl toward its pad, its CMC swings it across the
+palm toward the index finger). Hand length is measured from the wrist joint to the middle fingertip along the hand's
 axis, breadth across the knuckles (`builtin_shape.hand_dimensions`). The left hand mirrors x.
 """
 
@@ -41,7 +43,7 @@ from handlib.builtin_skin import skinning_weights
 from handlib.builtin_uv import atlas
 from handlib.io import atomic_path
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # bump on any change to the generator: caches of other versions are rebuilt
 SEED = 1538  # the one seed of every generated population
 NUM_SHAPES = 400
 NUM_POSES = 6000

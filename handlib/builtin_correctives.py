@@ -93,7 +93,8 @@ def fit_posedirs(vertices: np.ndarray, weights: np.ndarray, joints: np.ndarray, 
         if not cols:
             continue
         f = feats[:, cols]
-        coef = np.linalg.solve(f.T @ f + ridge * len(poses) * np.eye(len(cols)), f.T @ disp[:, verts].reshape(len(poses), -1))
+        target = disp[:, verts].reshape(len(poses), -1)
+        coef = np.linalg.solve(f.T @ f + ridge * len(poses) * np.eye(len(cols)), f.T @ target)
         posedirs[np.ix_(verts, range(3), cols)] = coef.T.reshape(len(verts), 3, len(cols))
     return posedirs
 

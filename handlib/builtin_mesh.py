@@ -8,20 +8,20 @@ an anchor inside the hand along a fixed direction onto the surface. Hand coordin
 """
 
 import numpy as np
-import scipy.sparse
 
+from handlib.builtin_cast import FIXED, cast, relax
 from handlib.builtin_sdf import HAND, PALM, HandSDF
-from handlib.builtin_skeleton import A, D, L, skeleton, unit
+from handlib.builtin_skeleton import D, skeleton, unit
 
 RING = 12
 ANGLES = 2 * np.pi * np.arange(RING) / RING  # 0 lateral (toward the thumb), 3 dorsal, 6 ulnar, 9 palmar
 RADIAL_TO_ULNAR = (0, 1, 3, 2)  # the four fingers (FINGERS order) from the thumb side
 PALM_SLOTS = 48
 PALM_CHART, WRIST_CHART = 5, 6  # UV charts besides the digits' 0-4
-FIXED = -9  # a vertex placed directly, not cast
 PALM_RELAX = 0.5  # how much the palm's vertices even out over the surface (1 where the fingers join)
 MIN_RING_GAP = 2.5  # mm: each vertex of a finger's ring lies at least this far beyond the one before it
 FLAT = 0.8  # how flat the rays are where the fingers leave the palm (see _ring_vertices)
+BASE_STATIONS = 6.0 - 7.0 * np.sin(ANGLES)  # a finger's first ring, mm from its MCP: back -1, sides 6, palm 13
 
 
 def smoothstep(x: np.ndarray) -> np.ndarray:
@@ -62,6 +62,16 @@ def stations(start: float, end: float, joints, fine: float, coarse: float, width
         s.append(s[-1] + fine + (coarse - fine) * smoothstep(near / width))
     s = np.array(s)
     return start + (s - start) * (end - start) / (s[-1] - start)
+
+
+def _min_angle(p: np.ndarray, tris: list) -> float:
+    """The smallest corner angle (radians) of triangles given as index triples into points p."""
+    out = np.pi
+    for t in tris:
+        for i in range(3):
+            u, v = p[t[(i + 1) % 3]] - p[t[i]], p[t[(i + 2) % 3]] - p[t[i]]
+            out = min(out, np.arccos(np.clip(u @ v / (np.linalg.norm(u) * np.linalg.norm(v) + 1e-12), -1.0, 1.0)))
+    return out
 
 
 class _Builder:
@@ -130,7 +140,8 @@ class _Builder:
         for ids, par, c in zip(self.polys, self.param, self.chart):
             if len(ids) == 3:
                 split = [(0, 1, 2)]
-            elif _min_angle(pos[list(ids)], [(0, 1, 2), (0, 2, 3)]) >= _min_angle(pos[list(ids)], [(0, 1, 3), (1, 2, 3)]):
+            elif _min_angle(pos[list(ids)], [(0, 1, 2), (0, 2, 3)]) >= _min_angle(pos[list(ids)],
+                                                                                [(0, 1, 3), (1, 2, 3)]):
                 split = [(0, 1, 2), (0, 2, 3)]
             else:
                 split = [(0, 1, 3), (1, 2, 3)]
@@ -139,92 +150,6 @@ class _Builder:
                 param.append([par[i] for i in t])
                 chart.append(c)
         return np.array(tris, dtype=np.int64), np.array(chart), np.array(param)
-
-
-def _min_angle(p: np.ndarray, tris: list) -> float:
-    """The smallest corner angle (radians) of triangles given as index triples into points p."""
-    out = np.pi
-    for t in tris:
-        for i in range(3):
-            u, v = p[t[(i + 1) % 3]] - p[t[i]], p[t[(i + 2) % 3]] - p[t[i]]
-            out = min(out, np.arccos(np.clip(u @ v / (np.linalg.norm(u) * np.linalg.norm(v) + 1e-12), -1.0, 1.0)))
-    return out
-
-
-def cast(sdf: HandSDF, anchor: np.ndarray, direction: np.ndarray, part: np.ndarray) -> np.ndarray:
-    """The first exit of each ray anchor + t * direction from the surface of its part (builtin_sdf.HandSDF.value;
-    FIXED: no cast, the anchor is the vertex)."""
-    out = anchor.copy()
-    for p in np.unique(part[part != FIXED]):
-        m = part == p
-        a, d = anchor[m], direction[m]
-        f = (lambda q: sdf.value(q, int(p)))
-        v = f(a)
-        if np.any(v >= 0):
-            raise RuntimeError(f"builtin hand: {int(np.sum(v >= 0))} cast anchors of part {p} lie outside the hand")
-        lo = np.zeros(len(a))
-        for _ in range(200):  # march outward by a safe fraction of the distance to the surface
-            step = np.where(v < 0, np.maximum(-0.7 * v, 0.1), 0.0)
-            if not np.any(step):
-                break
-            t = lo + step
-            v = f(a + t[:, None] * d)
-            lo = np.where(v < 0, t, lo)
-            hi = np.where(v >= 0, t, np.inf)
-        hi = np.where(np.isfinite(hi), hi, lo + 0.1)
-        for _ in range(30):
-            mid = 0.5 * (lo + hi)
-            inside = f(a + mid[:, None] * d) < 0
-            lo, hi = np.where(inside, mid, lo), np.where(inside, hi, mid)
-        out[m] = a + (0.5 * (lo + hi))[:, None] * d
-    return out
-
-
-def relax(sdf: HandSDF, pos: np.ndarray, faces: np.ndarray, part: np.ndarray, weight: np.ndarray,
-          iterations: int = 12, step: float = 0.5) -> np.ndarray:
-    """Even out the vertices (by `weight`, 0-1) over the surface: tangential umbrella steps, each followed by a
-    Newton projection back onto the vertex's part of the surface."""
-    adj = adjacency(faces, len(pos))
-    deg = np.maximum(np.asarray(adj.sum(axis=1)), 1)
-    move = weight > 0
-    for _ in range(iterations):
-        delta = (adj @ pos) / deg - pos
-        normal = _normals(sdf, pos[move], part[move])
-        delta[move] -= np.sum(delta[move] * normal, axis=1, keepdims=True) * normal
-        pos = pos.copy()
-        pos[move] += step * weight[move, None] * delta[move]
-        pos[move] = project(sdf, pos[move], part[move])
-    return pos
-
-
-def adjacency(faces: np.ndarray, n: int) -> scipy.sparse.csr_matrix:
-    """(n, n) 0/1 matrix of the mesh's edges."""
-    e = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
-    e = np.concatenate([e, e[:, ::-1]])
-    adj = scipy.sparse.csr_matrix((np.ones(len(e)), (e[:, 0], e[:, 1])), shape=(n, n))
-    adj.data[:] = 1.0
-    return adj
-
-
-def _normals(sdf: HandSDF, p: np.ndarray, part: np.ndarray) -> np.ndarray:
-    g = np.empty_like(p)
-    for q in np.unique(part):
-        m = part == q
-        g[m] = sdf.gradient(p[m], int(q))
-    return unit(g)
-
-
-def project(sdf: HandSDF, p: np.ndarray, part: np.ndarray, steps: int = 3) -> np.ndarray:
-    """Newton steps onto the zero level of each point's part of the surface."""
-    p = p.copy()
-    for q in np.unique(part):
-        m = part == q
-        x = p[m]
-        for _ in range(steps):
-            g = sdf.gradient(x, int(q))
-            x = x - (sdf.value(x, int(q)) / np.maximum(np.sum(g * g, axis=1), 1e-6))[:, None] * g
-        p[m] = x
-    return p
 
 
 def build(spec: dict) -> dict:
@@ -240,90 +165,102 @@ def build(spec: dict) -> dict:
     chains = [Chain(skel["chains"][f], skel["frames"][f], skel["radii"][f]) for f in range(5)]
     b = _Builder()
     rings = {}
+    first, web_station = _knuckles(b, sdf, chains)
+    for f in range(4):
+        rings[f"digit{f}"] = _finger(b, chains[f], first[f], web_station[f], f)
+        rings[f"cap{f}"] = _cap(b, chains[f], rings[f"digit{f}"][-1], f)
+    pos = cast(sdf, *b.rays())
+    last = _knuckle_ring(first)
+    rings["palm"] = _palm(b, spec, chains, pos[last], last)
+    pos = np.concatenate([pos, cast(sdf, *b.rays(start=len(pos)))])
+    hole = _thumb_hole(b, rings["palm"], pos, chains[4])
+    rings["thumb_hole"] = [hole]
+    rings["digit4"] = _thumb(b, chains[4], hole, pos)
+    rings["cap4"] = _cap(b, chains[4], rings["digit4"][-1], 4)
+    rings["wrist_cap"] = _wrist_cap(b, rings["palm"][0], pos[rings["palm"][0]], spec["stub"][0])
+    pos = np.concatenate([pos, cast(sdf, *b.rays(start=len(pos)))])
+    part = b.rays()[2]
+    relaxed = relax(sdf, pos, b.faces(pos)[0], part, _junction_weights(pos, rings, part))
+    faces, chart, param = b.faces(relaxed)
+    keep = np.unique(faces)  # drops the vertices inside the thumb's hole; rings mark them -1
+    new = np.full(len(pos), -1)
+    new[keep] = np.arange(len(keep))
+    return {"vertices": relaxed[keep], "cast_vertices": pos[keep], "faces": new[faces], "chart": chart,
+            "corner_param": param, "digit": np.concatenate(b.digit)[keep],
+            "station": np.concatenate(b.station)[keep], "rings": {k: [new[r] for r in v] for k, v in rings.items()},
+            "skeleton": skel}
 
-    # the fingers' first rings lie along the knuckles, slanted: back of the hand proximal, palm and webs distal
-    base_s = 6.0 - 7.0 * np.sin(ANGLES)  # dorsal -1, sides +6, palmar +13
+
+def _knuckles(b: _Builder, sdf: HandSDF, chains: list) -> tuple[dict, np.ndarray]:
+    """The four fingers' first rings along the knuckles, slanted (back of the hand proximal, palm distal), with
+    one shared vertex at each web; and per finger the stations where its radial and ulnar sides leave the palm."""
     first = {}
     for f in range(4):
         ks = [k for k in range(RING) if k not in (0, 6)]
         first[f] = np.full(RING, -1)
-        first[f][ks] = _ring_vertices(b, chains[f], base_s[ks], ANGLES[ks], f, flat=FLAT)
-    web_station = np.full((4, 2), 6.0)  # per finger, where its radial and ulnar sides leave the palm
-    for i, f in enumerate(RADIAL_TO_ULNAR[:-1]):  # a web: one vertex shared by two fingers, cast right away
+        first[f][ks] = _ring_vertices(b, chains[f], BASE_STATIONS[ks], ANGLES[ks], f, flat=FLAT)
+    web_station = np.full((4, 2), 6.0)
+    for i, f in enumerate(RADIAL_TO_ULNAR[:-1]):  # cast the webs right away: the fingers' sides start there
         g = RADIAL_TO_ULNAR[i + 1]
         anchor = 0.5 * (chains[f].points[:1] + chains[g].points[:1])
-        direction = unit(chains[f].frames[0][2] + chains[g].frames[0][2])[None] - 0.25 * D
-        web = cast(sdf, anchor, unit(direction), np.array([HAND]))
+        direction = unit(unit(chains[f].frames[0][2] + chains[g].frames[0][2])[None] - 0.25 * D)
+        web = cast(sdf, anchor, direction, np.array([HAND]))[0]
         first[f][6] = first[g][0] = b.add(anchor, direction, HAND, -1, 0.0)[0]
-        web_station[f, 1] = (web[0] - chains[f].points[0]) @ chains[f].frames[0][2]
-        web_station[g, 0] = (web[0] - chains[g].points[0]) @ chains[g].frames[0][2]
+        web_station[f, 1] = (web - chains[f].points[0]) @ chains[f].frames[0][2]
+        web_station[g, 0] = (web - chains[g].points[0]) @ chains[g].frames[0][2]
     for f, k in ((0, 0), (2, 6)):  # the palm's radial and ulnar edges at the knuckles
         first[f][k] = _ring_vertices(b, chains[f], np.array([6.0]), ANGLES[[k]], f)[0]
+    return first, web_station
 
-    # the palm's last ring: radial edge, backs of the fingers, ulnar edge, palmar side back to the radial edge
+
+def _knuckle_ring(first: dict) -> np.ndarray:
+    """The palm's last ring: radial edge, the backs of the fingers, ulnar edge, the palm side back."""
     last = [first[0][0]]
     for f in RADIAL_TO_ULNAR:
         last += list(first[f][1:7])
     for f in RADIAL_TO_ULNAR[::-1]:
         last += list(first[f][7:12]) + ([first[f][0]] if f != 0 else [])
-    last = np.array(last)
+    return np.array(last)
 
-    for f in range(4):  # finger tubes: the slant of the first ring fades over three rings
-        ch = chains[f]
-        profile = base_s - base_s.mean()
-        profile[[0, 6]] = web_station[f] - base_s.mean()
-        s_cap = ch.knots[3] - ch.radii[3]
-        s_ring = stations(base_s.mean() + 4.5, s_cap, ch.knots[:3], fine=3.2, coarse=6.0, width=7.0)
-        tube, st = [first[f]], base_s.mean() + profile
-        for i, s in enumerate(s_ring):
-            fade = 1.0 - smoothstep(i / 3.0)
-            st = np.maximum(s + profile * fade, st + MIN_RING_GAP)
-            tube.append(_ring_vertices(b, ch, st, ANGLES, f, flat=FLAT * fade))
-            b.strip(tube[-2], tube[-1], f)
-        rings[f"digit{f}"] = tube
-        rings[f"cap{f}"] = _cap(b, ch, s_cap, tube[-1], f)
 
-    pos = cast(sdf, *b.rays())
-    palm = _palm(b, spec, chains, pos[last], last)
-    rings["palm"] = palm
-    pos = np.concatenate([pos, cast(sdf, *b.rays(start=len(pos)))])
-    ch = chains[4]
-    hole = _thumb_hole(b, palm, pos, ch)
-    rings["thumb_hole"] = [hole]
-    s0 = float(np.dot(pos[hole].mean(axis=0) - ch.points[0], ch.frames[0][2])) + 4.0
-    s_cap = ch.knots[3] - ch.radii[3]
-    s_ring = stations(s0, s_cap, ch.knots[1:3], fine=3.2, coarse=6.0, width=7.5)
+def _finger(b: _Builder, ch: Chain, first: np.ndarray, web_station: np.ndarray, f: int) -> list:
+    """A finger's rings from its first ring to the fingertip sphere; the first ring's slant fades over three."""
+    profile = BASE_STATIONS - BASE_STATIONS.mean()
+    profile[[0, 6]] = web_station - BASE_STATIONS.mean()
+    s_ring = stations(BASE_STATIONS.mean() + 4.5, ch.knots[3] - ch.radii[3], ch.knots[:3], fine=3.2, coarse=6.0,
+                      width=7.0)
+    tube, st = [first], BASE_STATIONS.mean() + profile
+    for i, s in enumerate(s_ring):
+        fade = 1.0 - smoothstep(i / 3.0)
+        st = np.maximum(s + profile * fade, st + MIN_RING_GAP)
+        tube.append(_ring_vertices(b, ch, st, ANGLES, f, flat=FLAT * fade))
+        b.strip(tube[-2], tube[-1], f)
+    return tube
+
+
+def _thumb(b: _Builder, ch: Chain, hole: np.ndarray, pos: np.ndarray) -> list:
+    """The thumb's rings from the rim of the palm's hole (cast at pos) to the fingertip sphere."""
+    s0 = float((pos[hole].mean(axis=0) - ch.points[0]) @ ch.frames[0][2]) + 4.0
     tube = [_align_loop(hole, pos, ch, s0)]
-    for s in s_ring:
+    for s in stations(s0, ch.knots[3] - ch.radii[3], ch.knots[1:3], fine=3.2, coarse=6.0, width=7.5):
         tube.append(_ring_vertices(b, ch, np.full(RING, s), ANGLES, 4))
         b.strip(tube[-2], tube[-1], 4)
-    rings["digit4"] = tube
-    rings["cap4"] = _cap(b, ch, s_cap, tube[-1], 4)
-    rings["wrist_cap"] = _wrist_cap(b, palm[0], pos[palm[0]], spec["stub"][0])
-    pos = np.concatenate([pos, cast(sdf, *b.rays(start=len(pos)))])
-    faces = b.faces(pos)[0]
-    part = b.rays()[2]
-    junction = np.zeros(len(pos))
+    return tube
+
+
+def _junction_weights(pos: np.ndarray, rings: dict, part: np.ndarray) -> np.ndarray:
+    """How much each vertex may move when the mesh is evened out: fully where the digits leave the palm (their
+    first rings, the palm's last rings, around the thumb's hole), PALM_RELAX over the rest of the palm."""
+    weight = np.zeros(len(pos))
     for f in range(5):
         for i, ring in enumerate(rings[f"digit{f}"][:4]):
-            junction[ring] = np.maximum(junction[ring], 1.0 - i / 4)
-    for i, ring in enumerate(palm[::-1]):
-        junction[ring] = np.maximum(junction[ring], max(1.0 - i / 3, PALM_RELAX))
-    near_hole = np.linalg.norm(pos[:, None] - pos[hole][None], axis=2).min(axis=1)
-    junction = np.maximum(junction, 1.0 - smoothstep(near_hole / 15.0))
-    junction[part == FIXED] = 0.0
-    cast_pos = pos
-    pos = relax(sdf, pos, faces, part, junction)
-    # drop the vertices inside the thumb's hole; rings mark them -1
-    keep = np.unique(faces)
-    new = np.full(len(pos), -1)
-    new[keep] = np.arange(len(keep))
-    rings = {k: [new[r] for r in v] for k, v in rings.items()}
-    faces, chart, param = b.faces(pos)
-    return {"vertices": pos[keep], "cast_vertices": cast_pos[keep], "faces": new[faces], "chart": chart,
-            "corner_param": param,
-            "digit": np.concatenate(b.digit)[keep], "station": np.concatenate(b.station)[keep], "rings": rings,
-            "skeleton": skel}
+            weight[ring] = np.maximum(weight[ring], 1.0 - i / 4)
+    for i, ring in enumerate(rings["palm"][::-1]):
+        weight[ring] = np.maximum(weight[ring], max(1.0 - i / 3, PALM_RELAX))
+    near_hole = np.linalg.norm(pos[:, None] - pos[rings["thumb_hole"][0]][None], axis=2).min(axis=1)
+    weight = np.maximum(weight, 1.0 - smoothstep(near_hole / 15.0))
+    weight[part == FIXED] = 0.0
+    return weight
 
 
 def _ring_vertices(b: _Builder, ch: Chain, st: np.ndarray, angles: np.ndarray, f: int, flat: float = 0.0):
@@ -447,9 +384,10 @@ def _wrist_cap(b: _Builder, outer: np.ndarray, ring_pos: np.ndarray, stub: float
     return rings[1:]
 
 
-def _cap(b: _Builder, ch: Chain, s_cap: float, ring: np.ndarray, f: int) -> list:
+def _cap(b: _Builder, ch: Chain, ring: np.ndarray, f: int) -> list:
     """Cap rings on the fingertip sphere (12 -> 12 -> 6) and the pole."""
     r_tip = ch.radii[3]
+    s_cap = ch.knots[3] - r_tip  # the sphere's centre
     centre = ch.point(np.array([s_cap]))
     fr = ch.frame(np.array([s_cap]))[0]
     rings = []

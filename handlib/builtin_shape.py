@@ -12,7 +12,7 @@ import numpy as np
 import scipy.optimize
 import scipy.sparse
 
-from handlib.builtin_mesh import adjacency
+from handlib.builtin_cast import adjacency
 from handlib.builtin_skeleton import MEAN_SPEC, skeleton
 
 NUM_BETAS = 10

@@ -13,8 +13,8 @@ A, L, D = np.eye(3)  # dist, rad, dor unit vectors
 
 # Mean adult hand (about 185 mm long, 84 mm broad; reference.md). Per finger in FINGERS order (four fingers):
 MEAN_SPEC = {
-    "mcp": np.array([[85.0, 26.0, 1.0], [87.0, 5.5, 2.0], [75.0, -30.0, -1.0], [83.0, -13.0, 0.5]]),
-    "splay": np.radians([6.0, 0.5, -13.0, -6.0]),  # finger direction toward rad, in the palm plane
+    "mcp": np.array([[85.0, 26.0, 1.0], [87.0, 6.5, 2.0], [75.0, -30.0, -1.0], [83.0, -13.5, 0.5]]),
+    "splay": np.radians([7.0, 0.5, -14.0, -7.5]),  # finger direction toward rad, in the palm plane
     "phalanges": np.array([[41.0, 24.5, 22.0], [45.0, 28.5, 24.0], [32.0, 20.0, 21.0], [42.0, 27.5, 23.0]]),
     # lateral radius at MCP, PIP, DIP, tip, and the dorsal / palmar half-depths as fractions of it
     "radii": np.array([[9.9, 9.5, 8.4, 7.5], [10.3, 9.9, 8.7, 7.7], [8.7, 8.3, 7.4, 6.7], [9.7, 9.3, 8.2, 7.3]]),

@@ -10,7 +10,8 @@ import numpy as np
 import scipy.sparse
 import scipy.sparse.linalg
 
-from handlib.builtin_mesh import Chain, adjacency
+from handlib.builtin_cast import adjacency
+from handlib.builtin_mesh import Chain
 
 NUM_JOINTS = 16
 KNUCKLE_BAND = 15.0  # mm: the palm's knuckle region (proximal of the MCP line) and the fingers' base (distal)

@@ -53,7 +53,10 @@ def chart_coordinates(mesh: dict) -> np.ndarray:
             ch = Chain(skel["chains"][c], skel["frames"][c], skel["radii"][c])
             own = mesh["digit"][faces[m]] == c
             # the corners of other parts: a web's place along the finger; the thumb's rim, one line before it
-            other = (corner - ch.points[0]) @ ch.frames[0][2] if c < 4 else mesh["station"][mesh["digit"] == c].min() - RIM_GAP
+            if c < 4:
+                other = (corner - ch.points[0]) @ ch.frames[0][2]
+            else:
+                other = mesh["station"][mesh["digit"] == c].min() - RIM_GAP
             uv[m, :, 0] = u * _ring_perimeter(pos, rings[f"digit{c}"])
             uv[m, :, 1] = np.where(own, mesh["station"][faces[m]], other)
     return uv
