@@ -160,7 +160,7 @@ def train(cfg: TrainConfig, train_sources: dict, val_sources: dict, hand_models:
         opt.step()
         sched.step()
         timed += 1
-        if timed == 1:  # the speed leaves out the first step (worker start-up, allocations)
+        if it == start:  # the speed leaves out the first step (worker start-up, allocations)
             clock, timed = time.perf_counter(), 0
         bar.update()
         done = it + 1

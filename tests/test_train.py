@@ -134,3 +134,24 @@ def test_ddp_with_two_cpu_processes_matches_one_process(tmp_path):
     start = HandNet(cfg.encoder, cfg.mode, dropout=0.0, weights_file=cfg.weights_file, hand_models=_hands())
     assert (a["regressor.0.weight"] - start.regressor[0].weight).abs().max() > 1e-4  # it trained
     assert torch.equal(a["encoder.conv1.weight"], start.encoder.conv1.weight)  # frozen
+
+
+def test_every_profile_of_notebook_04_names_known_parameters_and_valid_settings():
+    import ast
+    import json
+
+    import yaml
+
+    from handlib import paths
+
+    nb = json.loads((paths.REPO / "notebooks" / "04_train.ipynb").read_text())
+    cell = next(c for c in nb["cells"] if "parameters" in c["metadata"].get("tags", []))
+    defaults = {}
+    exec(compile(ast.parse("".join(cell["source"])), "parameters", "exec"), {}, defaults)
+    profiles = sorted((paths.REPO / "configs").glob("*/04_train.yaml"))
+    assert {p.parent.name for p in profiles} >= {"demo", "full", "thesis-resnet50-pretrained"}
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    for path in profiles:
+        params = {**defaults, **yaml.safe_load(path.read_text())}
+        assert set(params) <= set(defaults), (path, set(params) - set(defaults))
+        TrainConfig(**{k: v for k, v in params.items() if k in fields})  # loss and augment names are checked
