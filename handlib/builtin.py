@@ -22,8 +22,8 @@ GENERATOR_VERSION changes). How it is made:
 Frame (as MANO's right hand): metres; the fingers point along -x, the back of the hand faces +y (the palm -y),
 the thumb is on the +z side; the middle finger's knuckle (MCP joint) is at x = 0 and the wrist joint at about
 x = +0.087. Flexing a joint is a positive rotation about its flexion axis (`builtin_joint_axes`; about +z for
-the fingers: the fingertips curl toward -y; the thumb's hinges curl toward its pad, its CMC swings it across the
-palm toward the index finger). Hand length is measured from the wrist joint to the middle fingertip along the hand's
+the fingers: the fingertips curl toward -y; the thumb's hinges curl it toward its pad, its CMC swings it out in
+front of the palm). Hand length is measured from the wrist joint to the middle fingertip along the hand's
 axis, breadth across the knuckles (`builtin_shape.hand_dimensions`). The left hand mirrors x.
 """
 
@@ -43,7 +43,7 @@ from handlib.builtin_skin import skinning_weights
 from handlib.builtin_uv import atlas
 from handlib.io import atomic_path
 
-GENERATOR_VERSION = 2  # bump on any change to the generator: caches of other versions are rebuilt
+GENERATOR_VERSION = 3  # bump on any change to the generator: caches of other versions are rebuilt
 SEED = 1538  # the one seed of every generated population
 NUM_SHAPES = 400
 NUM_POSES = 6000

@@ -16,14 +16,14 @@ _FINGER = [((-15, 90), (-20, 20), (-5, 5)), ((0, 110), (-3, 3), (-3, 3)), ((0, 8
 _THUMB = [((-15, 50), (-20, 45), (-30, 45)), ((0, 90), (-10, 10), (-5, 5)), ((0, 90), (-3, 3), (-3, 3))]
 LIMITS = np.radians(np.array(_FINGER * 4 + _THUMB, dtype=float))  # (15, 3, 2)
 _SPREAD = np.radians([10.0, 2.0, -14.0, -7.0])  # MCP spread of a fully spread hand: index, middle, pinky, ring
-CMC_ROLL = np.radians(40.0)  # the thumb CMC's flexion axis, turned about the bone from the thumb hinges' axis
+CMC_ROLL = np.radians(40.0)  # the thumb CMC's flexion axis, turned about the bone from the hinges' axis
 
 
 def joint_axes(frames: list) -> np.ndarray:
     """(15, 3, 3) rows flexion, spread, twist axes of MANO joints 1-15 at rest, from the skeleton's bone frames
     (rows lateral, dorsal, axial): flexion turns about the lateral axis (curling toward the palm), spread about
-    the dorsal axis, twist about the bone. The thumb's CMC flexes across the palm, toward the index finger (its
-    frame is turned CMC_ROLL further about the bone than the thumb's hinges, which flex toward the pad)."""
+    the dorsal axis, twist about the bone. The thumb's hinges (MCP, IP) curl it toward its pad; its CMC swings
+    it out in front of the palm (that frame is turned CMC_ROLL further about the bone toward the thumbnail)."""
     axes = np.stack([frames[f][b] for f in range(5) for b in range(3)])
     c, s = np.cos(CMC_ROLL), np.sin(CMC_ROLL)
     lateral, dorsal, axial = axes[12]

@@ -63,24 +63,26 @@ def chart_coordinates(mesh: dict) -> np.ndarray:
 
 
 def atlas(mesh: dict) -> tuple[np.ndarray, np.ndarray]:
-    """vt (T, 2) in [0, 1] and ft (F, 3): the palm chart along the top, the digits and the wrist cap below."""
+    """vt (T, 2) in [0, 1] and ft (F, 3): the four fingers in a row with the palm above them, the thumb and the
+    wrist cap in a column beside them, all at one scale."""
     faces, chart = mesh["faces"], mesh["chart"]
     uv = chart_coordinates(mesh)
-    row0, row1 = [PALM_CHART], [4, 0, 1, 3, 2, WRIST_CHART]  # thumb, index, middle, ring, pinky, wrist
-    boxes = {c: (uv[chart == c].reshape(-1, 2).min(axis=0), uv[chart == c].reshape(-1, 2).max(axis=0))
-             for c in row0 + row1}
-    size = {c: hi - lo for c, (lo, hi) in boxes.items()}
-    height0 = max(size[c][1] for c in row0)
+    lo = {c: uv[chart == c].reshape(-1, 2).min(axis=0) for c in np.unique(chart)}
+    size = {c: uv[chart == c].reshape(-1, 2).max(axis=0) - lo[c] for c in lo}
     offset, x = {}, 0.0
-    for c in row1:
+    for c in (0, 1, 3, 2):  # index, middle, ring, pinky
         offset[c] = np.array([x, 0.0])
         x += size[c][0] + GUTTER
-    offset[PALM_CHART] = np.array([0.0, max(size[c][1] for c in row1) + GUTTER])
-    extent = max(x - GUTTER, size[PALM_CHART][0], offset[PALM_CHART][1] + height0)
+    offset[PALM_CHART] = np.array([0.0, max(size[c][1] for c in offset) + GUTTER])
+    x = max(x, size[PALM_CHART][0] + GUTTER)
+    offset[4], offset[WRIST_CHART] = np.array([x, 0.0]), np.array([x, size[4][1] + GUTTER])
+    extent = max(x + max(size[4][0], size[WRIST_CHART][0]) + GUTTER,
+                 offset[PALM_CHART][1] + size[PALM_CHART][1] + GUTTER,
+                 offset[WRIST_CHART][1] + size[WRIST_CHART][1] + GUTTER)
     out = np.empty_like(uv)
-    for c in row0 + row1:
+    for c in lo:
         m = chart == c
-        out[m] = (uv[m] - boxes[c][0] + offset[c] + GUTTER / 2) / (extent + GUTTER)
+        out[m] = (uv[m] - lo[c] + offset[c] + GUTTER / 2) / extent
     keys = np.concatenate([faces.reshape(-1, 1), chart.repeat(3)[:, None], np.round(out.reshape(-1, 2) * 1e7)], 1)
     _, first, inverse = np.unique(keys, axis=0, return_index=True, return_inverse=True)
     return out.reshape(-1, 2)[first], inverse.reshape(faces.shape)
