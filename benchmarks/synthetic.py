@@ -10,6 +10,7 @@ encoding; writing shards), the bytes per sample, then how fast `handlib.syntheti
 
 import argparse
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -37,18 +38,18 @@ def main() -> None:
         start = time.perf_counter()
         synthetic.SampleMaker(config, synthetic.make_subjects(config))
         setup = time.perf_counter() - start
-        start = time.perf_counter()
-        cpu = time.process_time()
+        start, cpu = time.perf_counter(), _cpu_seconds()
         timing = synthetic.generate(tmp, config, workers=args.workers)
-        total, cpu = time.perf_counter() - start, time.process_time() - cpu
+        total, cpu = time.perf_counter() - start, _cpu_seconds() - cpu
         timing.pop("samples")
         size = sum(p.stat().st_size for p in Path(tmp).glob("*.npz"))
         print(f"generation: {args.samples} samples at {args.size} px ({args.camera} camera, {args.workers} "
               f"process(es)), {total:.1f} s = {args.samples / total:.1f} samples/s written to disk "
               f"(one process's setup: models, atlases, renderers {setup:.1f} s, inside the total); load average "
               f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
-        if args.workers == 1:
-            print(f"CPU time of the process and its threads: {1000 * cpu / args.samples:.1f} ms per sample")
+        print(f"CPU time of all generating processes and their threads, setup included: "
+              f"{1000 * cpu / args.samples:.1f} ms per sample; on {os.cpu_count()} idle cores that is at best "
+              f"{os.cpu_count() * args.samples / cpu:.0f} samples/s")
         staged = sum(timing.values())
         print("share of the generating processes' time per stage:")
         for stage, seconds in timing.items():
@@ -64,6 +65,12 @@ def main() -> None:
                 fresh[i]
             seconds = time.perf_counter() - start
             print(f"reading ({name}): {len(order) / seconds:.0f} samples/s")
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU seconds of this process and its finished children (the worker processes)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 if __name__ == "__main__":

@@ -288,15 +288,11 @@ class SampleMaker:
         side = _choice(rng, c.sides, SIDES)
         model = self.models[SIDES[side]]
         pose_kind = _choice(rng, c.poses, POSES)
-        frames, mean = self.joint_frames[SIDES[side]], model.hands_mean.view(15, 3)
         if POSES[pose_kind] == "flat":
-            angles = flat_pose_angles(rng)
-        else:
+            pose = flat_pose_angles(rng)  # (15, 3) joint angles
+        else:  # (45,) axis-angle articulation, turned into clipped joint angles with the others in `_poses`
             coeffs = rng.normal(0, c.pca_std, c.pca_comps) * self.pca_std[SIDES[side]][:c.pca_comps]
-            pose = torch.from_numpy(coeffs) @ model.hands_components[:c.pca_comps]
-            angles = anatomy.decompose(pose.view(1, 15, 3) + mean, frames)[0].numpy()
-        articulation = anatomy.compose(torch.from_numpy(clip_angles(angles, c.spread_deg))[None], frames)[0]
-        theta = (articulation - mean).reshape(45).numpy()
+            pose = model.hands_mean.numpy() + coeffs @ model.hands_components[:c.pca_comps].numpy()
         palmar = bool(rng.random() < c.palmar)
         rotation = global_rotation(rng, self.frames[SIDES[side]], palmar, c.tilt_deg, c.roll_deg)
         fill, offset = rng.uniform(*c.fill), rng.uniform(-1, 1, 2)
@@ -307,7 +303,7 @@ class SampleMaker:
         kind = backgrounds.KINDS[_choice(rng, c.backgrounds, backgrounds.KINDS)]
         image_bg = backgrounds.background(rng, c.image_size, kind, c.background_dir)
         return {"index": index, "subject": subject, "side": side, "pose_kind": pose_kind, "view": int(palmar),
-                "skin_class": skin_class, "beta": self.betas[subject], "theta": theta,
+                "skin_class": skin_class, "beta": self.betas[subject], "pose": pose,
                 "global_orient": Rotation.from_matrix(rotation).as_rotvec(), "fill": fill, "offset": offset,
                 "fov": fov, "light": light, "texture": texture, "background": image_bg}
 
@@ -335,12 +331,23 @@ class SampleMaker:
                 arrays[key] = np.stack(value).astype(_FIELDS[key])
         return arrays
 
+    def _poses(self, draws: list[dict], side: str) -> np.ndarray:
+        """θ (B, 45) of one side's draws: every pose as joint angles, clipped to the limits, back to axis-angle."""
+        model, frames = self.models[side], self.joint_frames[side]
+        natural = [k for k, d in enumerate(draws) if POSES[d["pose_kind"]] == "natural"]
+        angles = np.stack([d["pose"] if d["pose"].shape == (15, 3) else np.zeros((15, 3)) for d in draws])
+        if natural:
+            articulation = torch.from_numpy(np.stack([draws[k]["pose"] for k in natural])).view(-1, 15, 3)
+            angles[natural] = anatomy.decompose(articulation, frames).numpy()
+        articulation = anatomy.compose(torch.from_numpy(clip_angles(angles, self.config.spread_deg)), frames)
+        return (articulation.reshape(-1, 45) - model.hands_mean).numpy()
+
     def _make_side(self, draws: list[dict], side: str, rows: list[int], out: dict, timing: dict) -> None:
         c, model = self.config, self.models[side]
         clock = time.perf_counter()
         stack = lambda key: np.stack([d[key] for d in draws])  # noqa: E731
-        beta, theta, rot = stack("beta").astype(np.float32), stack("theta").astype(np.float32), \
-            stack("global_orient").astype(np.float32)
+        beta, rot = stack("beta").astype(np.float32), stack("global_orient").astype(np.float32)
+        theta = self._poses(draws, side).astype(np.float32)
         with torch.no_grad():
             hand = model(betas=torch.from_numpy(beta).double(), hand_pose=torch.from_numpy(theta).double(),
                          global_orient=torch.from_numpy(rot).double())
