@@ -148,15 +148,23 @@ def _best(results: dict[str, dict], name: str, sign: int) -> str | None:
     return max(values, key=lambda run: sign * values[run])
 
 
+def rank(results: dict[str, dict], primary: tuple[str, ...] = ("pa_mpjpe_mm", "kp2d_rel")) -> tuple[list, str]:
+    """Run names best first by the first of `primary` that every run has, and that key (None: none has)."""
+    key = next((k for k in primary if all(np.isfinite(r.get(k, np.nan)) for r in results.values())), None)
+    if key is None:
+        return list(results), None
+    sign = next(s for n, s, _, _ in COLUMNS if n == key)
+    return sorted(results, key=lambda run: -sign * results[run][key]), key
+
+
 def verdict(results: dict[str, dict], primary: tuple[str, ...] = ("pa_mpjpe_mm", "kp2d_rel")) -> str:
     """A paragraph naming the winning configuration and why, written from the numbers: the first of `primary`
     that every run has decides; the other metrics say where the winner is better or worse (not the losses:
     configurations with different loss terms have losses of different meaning)."""
-    key = next((k for k in primary if all(np.isfinite(r.get(k, np.nan)) for r in results.values())), None)
+    ranked, key = rank(results, primary)
     if key is None or len(results) < 2:
         return "Fewer than two runs with comparable figures: no verdict."
     sign, fmt, desc = next((s, f, d) for n, s, f, d in COLUMNS if n == key)
-    ranked = sorted(results, key=lambda run: -sign * results[run][key])
     win, second = ranked[0], ranked[1]
     w, s = results[win], results[second]
     text = (f"**{win}** wins on {desc} ({fmt.format(w[key])} against {fmt.format(s[key])} for {second}, "

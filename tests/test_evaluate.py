@@ -83,3 +83,12 @@ def test_prediction_pictures_show_every_iteration_the_truth_and_the_mesh():
     assert grid.shape == (200, 100 * (2 + 1 + 1), 3)
     assert (grid[:, :300] != 255).any(axis=-1).sum() > 0  # keypoints drawn
     assert (grid[:, 300:] != 255).any()  # the mesh drawn over the crop
+
+
+def test_rank_orders_by_the_first_shared_primary_metric():
+    results = {"a": {"pa_mpjpe_mm": 12.0, "kp2d_rel": 0.1}, "b": {"pa_mpjpe_mm": 9.0, "kp2d_rel": 0.2},
+               "c": {"kp2d_rel": 0.05}}
+    assert evaluate.rank(results) == (["c", "a", "b"], "kp2d_rel")  # c has no 3D figures: 2D decides
+    del results["c"]
+    assert evaluate.rank(results) == (["b", "a"], "pa_mpjpe_mm")
+    assert evaluate.rank({"a": {}}) == (["a"], None)
