@@ -28,6 +28,8 @@ axis, breadth across the knuckles (`builtin_shape.hand_dimensions`). The left ha
 """
 
 import functools
+import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -107,17 +109,22 @@ def generate() -> dict:
 
 
 def _load_or_generate() -> dict:
+    """The cached right hand, or a fresh one (then cached; a cache that cannot be written is only a warning)."""
     path = cache_path()
     if path.is_file():
         try:
             with np.load(path) as data:
                 if int(data["generator_version"]) == GENERATOR_VERSION:
                     return {k: data[k] for k in data.files if k != "generator_version"}
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
             pass  # an unreadable or foreign cache is rebuilt below, then replaced atomically
     params = generate()
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        np.savez_compressed(fh, generator_version=GENERATOR_VERSION, **params)
+    try:
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            np.savez_compressed(fh, generator_version=GENERATOR_VERSION, **params)
+    except OSError as err:
+        warnings.warn(f"built-in hand: could not cache it in {path} ({err}); it will be generated again next time "
+                      "(set HANDLIB_DATA to a writable folder)", stacklevel=2)
     return params
 
 

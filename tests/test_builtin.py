@@ -180,10 +180,14 @@ def test_skinning_weights(right):
 
 def _bend(params: dict, side: str, joint: int, degrees: float) -> tuple[float, float, np.ndarray]:
     """Bend one joint about its flexion axis: (inverted face share, relative volume change, tip offsets)."""
-    model = HandModel(params, side=side, flat_hand_mean=True).double()
-    axis = builtin.builtin_joint_axes(side)[joint - 1, 0]
     pose = np.zeros((16, 3))
-    pose[joint] = np.radians(degrees) * axis
+    pose[joint] = np.radians(degrees) * builtin.builtin_joint_axes(side)[joint - 1, 0]
+    return _posed_quality(params, side, pose)
+
+
+def _posed_quality(params: dict, side: str, pose: np.ndarray) -> tuple[float, float, np.ndarray]:
+    """(inverted face share, relative volume change, tip offsets) of the flat-mean model at pose (16, 3)."""
+    model = HandModel(params, side=side, flat_hand_mean=True).double()
     verts = model(hand_pose=torch.tensor(pose[1:].reshape(1, 45))).vertices[0].numpy()
     faces = _faces(params)
     rest = trimesh.Trimesh(params["v_template"], faces, process=False)
@@ -206,6 +210,13 @@ def test_bending_a_joint_90_degrees_stays_clean(right, joint):
     assert tips[digit, 1] < -0.01  # the tip curls toward the palm (-y)
     others = np.delete(np.arange(5), digit)
     assert np.abs(tips[others]).max() < 1e-6  # the other digits stay put (float32 buffers)
+
+
+def test_mean_pose_is_clean(right):
+    """theta = 0 of the default model (flat_hand_mean=False) is the relaxed mean pose."""
+    pose = np.concatenate([np.zeros((1, 3)), right["hands_mean"].reshape(15, 3)])
+    inverted, volume, _ = _posed_quality(right, "right", pose)
+    assert inverted < 0.01 and abs(volume) < 0.10
 
 
 def test_pose_space(right):
@@ -275,7 +286,14 @@ def test_cache_is_rebuilt_when_missing_stale_or_broken(tmp_path, monkeypatch):
     path.write_bytes(b"not a zip file")
     builtin._load_or_generate()
     assert len(calls) == 3 and np.load(path)["v_template"].shape == (2, 3)
+    path.write_bytes(path.read_bytes()[:100])  # truncated
+    builtin._load_or_generate()
+    assert len(calls) == 4 and np.load(path)["v_template"].shape == (2, 3)
     assert [p.name for p in path.parent.iterdir()] == ["hand.npz"]  # no temporary file left behind
+    monkeypatch.setattr(builtin, "cache_path", lambda: tmp_path / "a_file" / "hand.npz")
+    (tmp_path / "a_file").write_text("")  # the cache's folder cannot be made: a warning, still a hand
+    with pytest.warns(UserWarning, match="could not cache"):
+        assert builtin._load_or_generate()["v_template"].shape == (2, 3)
 
 
 def test_generation_is_deterministic(right):
