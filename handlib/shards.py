@@ -16,6 +16,7 @@ import json
 import os
 import warnings
 import zipfile
+import zlib
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -195,8 +196,10 @@ class ShardDataset(torch.utils.data.Dataset):
 
     Every shard is checked against the manifest when the dataset is made (its checksum, or only its size when
     `verify` is False): a corrupt or missing one is reported by name (a warning, and in `skipped`) and left
-    out, so training goes on with the rest. Reading a sample opens its shard (the last `cache` stay open, per
-    process) and reads that sample's members only. `transform`, when given, maps each sample dict.
+    out, so training goes on with the rest. A shard found unreadable later (damaged during a run) is reported
+    and skipped the same way, its samples replaced by other shards' (the length stays, so samplers go on).
+    Reading a sample opens its shard (the last `cache` stay open, per process) and reads that sample's members
+    only. `transform`, when given, maps each sample dict.
     """
 
     def __init__(self, root: str | Path, split: str | None = None, cache: int = 4, verify: bool = True,
@@ -239,15 +242,29 @@ class ShardDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
         shard, row = self.locate(int(index))
+        n = len(self.shards)
+        for k in ((shard + j) % n for j in range(n)):  # its own shard, then the next ones
+            if self.shards[k] in self.skipped:
+                continue
+            try:
+                item = self._read(k, row % (self.starts[k + 1] - self.starts[k]))
+            except CorruptShardError as err:  # damaged since the check: go on with another shard's sample
+                warnings.warn(f"skipping {err}; its samples are replaced by other shards'", stacklevel=2)
+                self.skipped.append(self.shards[k])
+                continue
+            return self.transform(item) if self.transform else item
+        raise CorruptShardError(f"{self.root}: no readable shard left (skipped: {self.skipped})")
+
+    def _read(self, shard: int, row: int) -> dict[str, np.ndarray]:
         npz, stacked, per_sample = self._shard(shard)
         item = {key: value[row] for key, value in stacked.items()}
         try:
             for key in per_sample:
                 value = npz[f"{key}/{row:05d}"]
                 item[key] = decode_image(value) if key in self.encoded else value
-        except (zipfile.BadZipFile, ValueError, OSError, EOFError) as err:
+        except (zipfile.BadZipFile, zlib.error, ValueError, OSError, EOFError) as err:
             raise CorruptShardError(f"shard {self.root / self.shards[shard]} cannot be read: {err}") from err
-        return self.transform(item) if self.transform else item
+        return item
 
     def _shard(self, shard: int) -> tuple:
         if os.getpid() != self._pid:  # a forked DataLoader worker must not share the parent's open files
@@ -260,7 +277,7 @@ class ShardDataset(torch.utils.data.Dataset):
         try:
             npz = np.load(path, allow_pickle=False)
             stacked = {key: npz[key] for key in npz.files if "/" not in key}
-        except (zipfile.BadZipFile, ValueError, OSError, EOFError) as err:
+        except (zipfile.BadZipFile, zlib.error, ValueError, OSError, EOFError) as err:
             raise CorruptShardError(f"shard {path} cannot be read: {err}") from err
         per_sample = sorted({key.split("/")[0] for key in npz.files if "/" in key})
         self._open[shard] = (npz, stacked, per_sample)

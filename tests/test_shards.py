@@ -65,6 +65,17 @@ def test_corrupt_shard_is_named_and_skipped_not_fatal(tmp_path):
         shards.read_shard(tmp_path, "train-00001.npz", manifest["shards"]["train-00001.npz"])
 
 
+def test_shard_damaged_during_a_run_is_named_and_replaced_not_fatal(tmp_path):
+    _dataset(tmp_path)
+    data = shards.ShardDataset(tmp_path, "train")
+    path = tmp_path / "train-00001.npz"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # after the dataset checked it
+    with pytest.warns(UserWarning, match="train-00001.npz"):
+        labels = [int(data[i]["label"]) for i in range(len(data))]
+    assert len(labels) == 15 and data.skipped == ["train-00001.npz"]
+    assert labels[5:10] == [200, 201, 202, 203, 204] and labels[:5] == [0, 1, 2, 3, 4]
+
+
 def test_missing_shard_is_named_and_skipped(tmp_path):
     _dataset(tmp_path)
     (tmp_path / "train-00000.npz").unlink()
