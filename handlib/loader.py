@@ -201,6 +201,9 @@ class HandCrops(torch.utils.data.Dataset):
         }
         out.update(self._labels3d(raw, flip, angle))
         if self.masks:  # only for the silhouette loss: they cost as much as the rest of a sample
+            if raw.get("mask") is not None and np.shape(raw["mask"]) != np.shape(raw["image"])[:2]:
+                raise ValueError(f"mask of shape {np.shape(raw['mask'])} for an image of shape "
+                                 f"{np.shape(raw['image'])}: they must cover the same pixels")
             out.update(self._mask(raw, affine, rng))
         return out
 

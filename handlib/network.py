@@ -21,7 +21,7 @@ from torch import nn
 
 from handlib.camera import weak_perspective
 from handlib.model import batch_rodrigues
-from handlib.rotations import rot6d_to_matrix
+from handlib.rotations import matrix_to_axis_angle, matrix_to_rot6d, rot6d_to_matrix
 
 SIDES = ("right", "left")
 MODES = ("pretrained", "freeze", "random")
@@ -136,20 +136,44 @@ class HandNet(nn.Module):
         # HMR's trick: tiny initial updates, so every iteration starts near the mean parameters.
         nn.init.xavier_uniform_(self.regressor[-1].weight, gain=0.01)
         nn.init.zeros_(self.regressor[-1].bias)
-        s0, t0 = self._mean_camera()
+        s0, t0, R0 = self._mean_view()
         self.register_buffer("s0", torch.tensor(s0))
-        rot0 = [0.0] * 3 if rotation == "axis_angle" else [1.0, 0, 0, 0, 1, 0]
-        self.register_buffer("mean_theta", torch.tensor(rot0 + [0.0] * 55 + [1.0, *t0]))
+        # The left hand's start is the right one's mirror image: rotation M R0 M, camera tx -> -tx.
+        M = torch.diag(torch.tensor([-1.0, 1.0, 1.0]))
+        starts = []
+        for R, tx in ((R0, t0[0]), (M @ R0 @ M, -t0[0])):
+            rot = matrix_to_axis_angle(R) if rotation == "axis_angle" else matrix_to_rot6d(R)
+            starts.append(torch.cat([rot, torch.zeros(55), torch.tensor([1.0, tx, t0[1]])]))
+        self.register_buffer("mean_thetas", torch.stack(starts))  # (2, D) per side
+
+    @property
+    def mean_theta(self) -> torch.Tensor:
+        """The right hand's starting Θ (D,) (handlib.onnx_export starts from it)."""
+        return self.mean_thetas[0]
+
+    def initial_theta(self, side: torch.Tensor) -> torch.Tensor:
+        """The regressor's starting Θ (B, D) for sides (B,) 0 right / 1 left."""
+        return self.mean_thetas[side.long()]
 
     @torch.no_grad()
-    def _mean_camera(self) -> tuple[float, list[float]]:
-        """The weak perspective that puts the mean hand's keypoints in the middle 80% of the crop."""
-        model = self.hand_models["right"]
-        p = model().keypoints[0]  # (21, 3)
-        p = p - model().joints[0, :1]
+    def _mean_view(self) -> tuple[float, list[float], torch.Tensor]:
+        """The mean right hand as people photograph hands: its back to the camera, fingers up (rotation R0, the
+        frame of handlib.skin.palm_frame), and the weak perspective (s0, t0) that puts its keypoints in the
+        middle 80% of the crop."""
+        from handlib.skin import palm_frame
+
+        rest = self.hand_models["right"]()
+        _, up, palm = (torch.as_tensor(v, dtype=torch.float32)
+                       for v in palm_frame(rest.joints[0].double().numpy(), "right"))
+        target_up, target_palm = torch.tensor([0.0, -1.0, 0.0]), torch.tensor([0.0, 0.0, 1.0])  # palm away
+        source = torch.stack([up, palm, torch.linalg.cross(up, palm)], 1)
+        target = torch.stack([target_up, target_palm, torch.linalg.cross(target_up, target_palm)], 1)
+        R0 = target @ source.T
+        wrist = rest.joints[0, :1]
+        p = (rest.keypoints[0] - wrist) @ R0.T + wrist  # (21, 3)
         lo, hi = p[:, :2].min(0).values, p[:, :2].max(0).values
         s0 = 1.6 / float((hi - lo).max())
-        return s0, (-s0 * (lo + hi) / 2).tolist()
+        return s0, (-s0 * (lo + hi) / 2).tolist(), R0
 
     def train(self, mode: bool = True) -> "HandNet":
         super().train(mode)
@@ -166,7 +190,7 @@ class HandNet(nn.Module):
         """images (B, 3, H, W) in [-1, 1], side (B,) 0 right / 1 left (default right) -> T predictions."""
         feat = self.features(images)
         side = torch.zeros(len(images), device=images.device) if side is None else side.to(feat.dtype)
-        theta = self.mean_theta.expand(len(images), -1)
+        theta = self.initial_theta(side)
         out = []
         for _ in range(self.iterations):
             theta = theta + self.regressor(torch.cat([feat, theta, side[:, None]], dim=1))

@@ -175,9 +175,10 @@ def train(cfg: TrainConfig, train_sources: dict, val_sources: dict, hand_models:
             result.update({"it_per_s": speed, "train_loss": loss.item(),
                            **{f"train_{name}": value.item() for name, value in parts.items()}})
         if main and (done % cfg.val_every == 0 or done == cfg.iterations):
-            result.update(validate(net, val_batch, weights, device))
-            for name, value in result.items():
+            figures = validate(net, val_batch, weights, device)
+            for name, value in figures.items():
                 writer.add_scalar(f"val/{name}", value, done)
+            result.update(figures)
         if main and (done % cfg.image_every == 0 or done == cfg.iterations):
             writer.add_image("val/keypoints", keypoint_pictures(net, val_batch, cfg.images, device), done,
                              dataformats="HWC")
@@ -187,6 +188,8 @@ def train(cfg: TrainConfig, train_sources: dict, val_sources: dict, hand_models:
         if main and (done % cfg.checkpoint_every == 0 or done == cfg.iterations):
             save_checkpoint(run_dir / CHECKPOINT, net, opt, sched, done, cfg)
     bar.close()
+    if main and "loss" not in result:  # a finished run, resumed: its figures again, its speed unknown
+        result.update({"it_per_s": float("nan"), **validate(net, val_batch, weights, device)})
     if writer:
         writer.close()
     if world > 1:

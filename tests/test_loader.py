@@ -133,3 +133,20 @@ def test_mask_points_lie_inside_the_mask():
                                                 align_corners=False)
     assert float(at_points.max()) < 0.07  # inside (up to one low-res pixel of interpolation)
     assert float(s["mask_dist"].max()) > 0.3
+
+
+def test_synthetic_samples_keep_their_3d_labels_and_silhouette():
+    from handlib.loader import SyntheticSource
+
+    rng = np.random.default_rng(5)
+    kp = _keypoints(rng)
+    stored = {"image": _blob_image(kp), "side": np.uint8(1), "silhouette": np.pad(np.ones((60, 100), np.uint8), 50),
+              "keypoints_2d": kp[:, :2].astype(np.float32), "theta": rng.normal(0, 0.3, 45).astype(np.float32),
+              "beta": rng.normal(0, 1, 10).astype(np.float32), "global_orient": np.float32([0.1, 0.2, 0.3]),
+              "keypoints_3d": rng.normal(0, 0.05, (21, 3)).astype(np.float32), "parts": np.zeros((160, 200))}
+    s = HandCrops(SyntheticSource([stored]), 48)[0]
+    assert s["has3d"] and s["has_mask"] and int(s["side"]) == 1
+    assert torch.equal(s["certainty"], torch.ones(21))
+    np.testing.assert_allclose(s["betas"].numpy(), stored["beta"])
+    np.testing.assert_allclose(s["global_rotmat"].numpy(), rodrigues(stored["global_orient"]), atol=1e-6)
+    assert "mask_dist" not in HandCrops(SyntheticSource([stored]), 48, masks=False)[0]

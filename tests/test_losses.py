@@ -19,7 +19,7 @@ def net():
 
 def _theta(net, B, seed, betas=True):
     g = torch.Generator().manual_seed(seed)
-    theta = net.mean_theta.expand(B, -1) + 0.3 * torch.randn(B, net.theta_dim, generator=g, dtype=torch.float64)
+    theta = net.mean_thetas[torch.arange(B) % 2] + 0.3 * torch.randn(B, net.theta_dim, generator=g, dtype=torch.float64)
     if not betas:
         theta[:, 48:58] = 0
     return theta

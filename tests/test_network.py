@@ -64,9 +64,15 @@ def test_all_iterations_have_the_right_shapes_and_match_the_hand_model(hands, ro
         torch.testing.assert_close(p.keypoints3d[i], ref.keypoints[0], atol=1e-5, rtol=0)
         torch.testing.assert_close(p.vertices[i], ref.vertices[0], atol=1e-5, rtol=0)
     torch.testing.assert_close(p.keypoints2d, weak_perspective(p.keypoints3d, p.cam))
-    # the mean hand fills the crop's middle, as the regressor's starting point
-    start = net.decode(net.mean_theta[None], torch.zeros(1))
-    assert 1.4 < float((start.keypoints2d.amax(1) - start.keypoints2d.amin(1)).max()) < 1.8
+    # the start: the mean hand fills the crop's middle, fingers up; the left one is its mirror image
+    sides = torch.tensor([0, 1])
+    start = net.decode(net.initial_theta(sides), sides)
+    kp = start.keypoints2d
+    np.testing.assert_allclose((kp[0].amax(0) - kp[0].amin(0)).max().item(), 1.6, atol=1e-4)
+    np.testing.assert_allclose(((kp[0].amax(0) + kp[0].amin(0)) / 2).numpy(), 0, atol=1e-4)
+    assert float(kp[0, 12, 1] - kp[0, 0, 1]) < -0.8  # middle fingertip well above the wrist
+    # the toy left hand is the right one mirrored up to its random blend shapes
+    torch.testing.assert_close(kp[1], kp[0] * torch.tensor([-1.0, 1.0]), atol=0.02, rtol=0)
 
 
 @pytest.mark.parametrize("name", sorted(ENCODERS))
