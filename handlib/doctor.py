@@ -33,10 +33,12 @@ def opengl_line() -> str:
 
 
 def mano_line(side: str) -> str:
-    path = paths.mano_file(side)
-    if path.exists():
-        return f"real MANO model: {path}"
-    return (f"{path} not found: using handlib's built-in MANO-compatible hand "
+    from handlib.model import find_mano
+
+    found = find_mano(side)
+    if found:
+        return f"real MANO model: {found}"
+    return (f"{paths.mano_file(side)} not found: using handlib's built-in MANO-compatible hand "
             "(download MANO from https://mano.is.tue.mpg.de and put MANO_RIGHT.pkl/MANO_LEFT.pkl there)")
 
 

@@ -115,3 +115,10 @@ def test_recorded_figures_appear_in_the_summary(project, tmp_path, capsys):
     pipeline.run("demo", run_dir=tmp_path / "run")
     line = next(l for l in capsys.readouterr().out.splitlines() if l.strip().startswith("00_fig"))
     assert "PA-MPJPE (mm): 7.25" in line and "model: builtin" in line
+
+
+def test_doctor_finds_a_converted_npz_too(monkeypatch, tmp_path):
+    monkeypatch.setattr(doctor.paths, "MANO_DIR", tmp_path)
+    (tmp_path / "MANO_LEFT.npz").write_bytes(b"")
+    assert f"real MANO model: {tmp_path / 'MANO_LEFT.npz'}" in doctor.mano_line("left")
+    assert "built-in" in doctor.mano_line("right")
