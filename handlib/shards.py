@@ -151,7 +151,9 @@ class ShardWriter:
     first manifest and must be identical on resume, so a folder never mixes two configurations.
     """
 
-    def __init__(self, root: str | Path, header: Mapping):
+    def __init__(self, root: str | Path, header: Mapping, replace: bool = False):
+        """replace: a folder holding a dataset of another header is emptied of it (its manifest and the shards
+        it lists) and started afresh; otherwise that is an error."""
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         header = json.loads(json.dumps(header))  # normalise (tuples -> lists) to compare with a reloaded one
@@ -159,10 +161,15 @@ class ShardWriter:
             stale.unlink()
         if (self.root / MANIFEST).exists():
             self.manifest = read_manifest(self.root)
-            if self.manifest["header"] != header:
-                raise ValueError(f"{self.root} holds a dataset generated with other settings; use a new folder "
-                                 "or delete this one")
-        else:
+            changed = _differences(self.manifest["header"], header)
+            if changed and not replace:
+                raise ValueError(f"{self.root} holds a dataset generated with other settings ({'; '.join(changed)})"
+                                 ": use a new folder, or delete this one")
+            if changed:
+                for name in self.manifest["shards"]:
+                    (self.root / name).unlink(missing_ok=True)
+                (self.root / MANIFEST).unlink()
+        if not (self.root / MANIFEST).exists():
             self.manifest = {"format": FORMAT, "header": header, "shards": {}}
             self._save()
 
@@ -189,6 +196,18 @@ class ShardWriter:
     def _save(self) -> None:
         shards = dict(sorted(self.manifest["shards"].items()))
         atomic_write_text(self.root / MANIFEST, json.dumps({**self.manifest, "shards": shards}, indent=1))
+
+
+def _differences(old: Mapping, new: Mapping, prefix: str = "") -> list[str]:
+    """'key: old -> new' for every entry that differs, nested mappings followed."""
+    out = []
+    for key in sorted(set(old) | set(new), key=str):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            out += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return out
 
 
 class ShardDataset(torch.utils.data.Dataset):

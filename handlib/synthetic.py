@@ -504,12 +504,14 @@ def write_splits(root: Path, subjects: dict) -> None:
     atomic_write_text(path, text)
 
 
-def generate(root: str | Path, config: SyntheticConfig | dict, progress: bool = False, workers: int = 1) -> dict:
+def generate(root: str | Path, config: SyntheticConfig | dict, progress: bool = False, workers: int = 1,
+             replace: bool = False) -> dict:
     """Generate (or resume) the dataset of `config` in folder `root`, with `workers` processes; return the
     seconds spent per stage (summed over workers) and `samples`, how many samples this call generated.
 
     Shards already finished and intact are kept; a corrupt one is regenerated with a warning. Each shard is a
-    function of the configuration alone, so the files do not depend on `workers` or on interruptions.
+    function of the configuration alone, so the files do not depend on `workers` or on interruptions. A folder
+    holding a dataset of other settings (or another model) is an error, or with `replace` is made afresh.
     """
     config = config if isinstance(config, SyntheticConfig) else SyntheticConfig.from_dict(config)
     config.check()
@@ -517,7 +519,9 @@ def generate(root: str | Path, config: SyntheticConfig | dict, progress: bool = 
     subjects = make_subjects(config)
     header = {"generator": "handlib.synthetic", "config": config.as_json(), "model": _model_fingerprint(config),
               "encoded": ["image"], "splits_file": SPLITS_FILE, "flat_hand_mean": False}
-    writer = shards.ShardWriter(root, header)
+    writer = shards.ShardWriter(root, header, replace=replace)
+    if replace and writer.manifest["shards"] == {}:
+        (root / SPLITS_FILE).unlink(missing_ok=True)  # the folder's own, from the settings replaced
     write_splits(root, subjects)
     jobs = [(f"{split}-{start // config.shard_size:05d}.npz", split, start, min(start + config.shard_size, n))
             for split in SPLITS for n in [subjects["samples"][split]] for start in range(0, n, config.shard_size)]

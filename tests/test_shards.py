@@ -112,8 +112,12 @@ def test_writer_resumes_and_rewrites_corrupt_shards(tmp_path):
     with pytest.warns(UserWarning, match="train-00001.npz"):
         assert not writer.is_done("train-00001.npz")
     assert "train-00001.npz" not in json.loads((tmp_path / shards.MANIFEST).read_text())["shards"]
-    with pytest.raises(ValueError, match="other settings"):
+    with pytest.raises(ValueError, match="other settings \\(note: 'test' -> 'changed'\\)"):
         shards.ShardWriter(tmp_path, {"encoded": ["image"], "note": "changed"})
+    (tmp_path / "notes.txt").write_text("the user's")
+    fresh = shards.ShardWriter(tmp_path, {"encoded": ["image"], "note": "changed"}, replace=True)
+    assert fresh.manifest["shards"] == {} and not (tmp_path / "train-00000.npz").exists()
+    assert (tmp_path / "notes.txt").exists()
 
 
 def test_shard_order_sampler_visits_every_sample_once_shard_by_shard(tmp_path):

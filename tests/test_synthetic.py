@@ -194,10 +194,16 @@ def test_samples_do_not_depend_on_the_sharding(weak, tmp_path):
         assert diff.max() <= 12 and diff.mean() < 0.2
 
 
-def test_another_seed_gives_other_samples(weak, tmp_path):
-    synthetic.generate(tmp_path, {**TINY, "samples": 4, "seed": 1})
+def test_another_seed_gives_other_samples_and_never_mixes_with_them(weak, tmp_path):
+    for name, data in _files(weak).items():
+        (tmp_path / name).write_bytes(data)
+    other = {**TINY, "samples": 4, "seed": 1}
+    with pytest.raises(ValueError, match="seed: 0 -> 1"):
+        synthetic.generate(tmp_path, other)
+    synthetic.generate(tmp_path, other, replace=True)
     a, b = synthetic.load(weak, "train")[0], synthetic.load(tmp_path, "train")[0]
     assert not np.array_equal(a["theta"], b["theta"]) and not np.array_equal(a["image"], b["image"])
+    assert sorted(p.name for p in tmp_path.glob("*.npz")) == ["test-00000.npz", "train-00000.npz", "val-00000.npz"]
 
 
 def test_a_corrupt_shard_is_reported_by_name_and_skipped(weak, tmp_path):
