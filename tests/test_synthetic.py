@@ -159,7 +159,7 @@ def _files(root):
     return {p.name: p.read_bytes() for p in sorted(root.iterdir())}
 
 
-def test_same_seed_gives_identical_files_and_an_interrupted_run_resumes_to_them_in_parallel(weak, tmp_path, monkeypatch):
+def test_same_seed_gives_identical_files_and_interrupted_runs_resume_to_them(weak, tmp_path, monkeypatch):
     write, calls = shards.ShardWriter.write, []
 
     def crash_on_third(self, *args, **kw):
