@@ -2,9 +2,9 @@
 
 Per photo: read it, find the hand's 21 keypoints (a keypoint detector, or our network), settle its side, mirror a
 left hand into a right one (one model and one shape β for both hands of a person), crop a square around it.
-For all photos at once: predict θ, β and the camera with the trained network when one is given, refine by fitting
-the keypoints with the priors and one β shared by all photos, project the photos into the common UV atlas, and
-write the files. A photo that fails is named with its problem and left out; the others still give a result.
+For all photos at once: fit θ per photo and one β shared by all photos to the keypoints with the priors (the fit
+starts from six orientations: handlib.fitting takes no start from the network yet, so the trained network serves
+as a keypoint detector only), project the photos into the common UV atlas, and write the files. A photo that fails is named with its problem and left out; the others still give a result.
 The same input gives the same files.
 """
 
