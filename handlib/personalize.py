@@ -17,10 +17,10 @@ import torch
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
-from handlib import camera, draw, export, fitting, paths
+from handlib import camera, draw, export, fitting
 from handlib.io import atomic_path
 from handlib.keypoints import Detection, Detector
-from handlib.model import HandModel
+from handlib.model import HandModel, find_mano
 from handlib.render import Renderer, WeakPerspective
 from handlib.rotations import mirror_axis_angle
 
@@ -258,11 +258,8 @@ def _save_png(path: Path, image: Image.Image) -> None:
 
 def model_name(side: str = "right") -> str:
     """Which hand model `HandModel.default` uses: the real MANO file's name, or handlib's built-in hand."""
-    path = paths.mano_file(side)
-    for candidate in (path, path.with_suffix(".npz")):
-        if candidate.is_file():
-            return f"MANO ({candidate.name})"
-    return "handlib builtin"
+    path = find_mano(side)
+    return f"MANO ({path.name})" if path else "handlib builtin"
 
 
 def personalize(photos: list[str | os.PathLike], out_dir: str | os.PathLike, detector: Detector,
