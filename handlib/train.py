@@ -110,7 +110,7 @@ def train(cfg: TrainConfig, train_sources: dict, val_sources: dict, hand_models:
     net = HandNet(cfg.encoder, cfg.mode, cfg.ief_iterations, cfg.rotation, cfg.dropout,
                   weights_file=cfg.weights_file, hand_models=hand_models).to(device)
     params = [p for p in net.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)  # one kernel per step
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: lr_factor(cfg, it))
     start = 0
     if (run_dir / CHECKPOINT).exists():
