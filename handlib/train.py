@@ -120,7 +120,11 @@ def train(cfg: TrainConfig, train_sources: dict, val_sources: dict, hand_models:
         if changed:
             raise ValueError(f"{run_dir / CHECKPOINT} was written with other settings ({changed}): resume with "
                              "the same settings, or use a new run_dir")
-        net.load_state_dict(ckpt["model"])
+        try:
+            net.load_state_dict(ckpt["model"])
+        except RuntimeError as err:
+            raise ValueError(f"{run_dir / CHECKPOINT} holds another version of the network: use a new run_dir "
+                             f"or delete the old one ({str(err).splitlines()[0]})") from err
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
         torch.set_rng_state(ckpt["rng"])
