@@ -32,7 +32,7 @@ class OneSide(torch.nn.Module):
         net = self.net
         feat = net.features(images)
         side = torch.full((len(images), 1), float(self.side), dtype=feat.dtype)
-        theta = net.mean_theta.expand(len(images), -1)
+        theta = net.mean_thetas[self.side].expand(len(images), -1)
         for _ in range(net.iterations):
             theta = theta + net.regressor(torch.cat([feat, theta, side], dim=1))
         vertices, keypoints2d = _decode(net, theta, SIDES[self.side])
