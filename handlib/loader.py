@@ -138,13 +138,16 @@ def warp(image: np.ndarray, affine: np.ndarray, size: int, resample=Image.BILINE
 
 
 def color_jitter(image: np.ndarray, rng: np.random.Generator, amount: float) -> np.ndarray:
-    """Random brightness, contrast and saturation of a float image (H, W, 3) in [0, 1]."""
+    """Random brightness b, contrast c and saturation s of a float image (H, W, 3) in [0, 1], applied in turn.
+
+    The three steps compose into one affine map of the pixel x and its grey g (the channel mean), with m the
+    image's mean grey: s·c·b·x + c·b·(1 − s)·g + b·(1 − c)·m. One pass instead of three: it runs per sample.
+    """
     b, c, s = rng.uniform(1 - amount, 1 + amount, 3)
-    image = image * b
-    grey = image.mean(2, keepdims=True)
-    image = (image - grey.mean()) * c + grey.mean()
-    grey = image.mean(2, keepdims=True)
-    return np.clip(grey + (image - grey) * s, 0, 1)
+    grey = (image[..., :1] + image[..., 1:2] + image[..., 2:]) / 3  # (H, W, 1); numpy's mean(2) is slower
+    out = image * np.float32(s * c * b)
+    out += grey * np.float32(c * b * (1 - s)) + np.float32(b * (1 - c) * grey.mean())
+    return np.clip(out, 0, 1, out=out)
 
 
 def rotation_z(angle: float) -> np.ndarray:

@@ -7,7 +7,8 @@ from PIL import Image
 
 from handlib import hands11k
 from handlib.camera import normalized_to_pixels
-from handlib.loader import MIRROR, Augment, DrawSampler, Hands11kSource, HandCrops, Mixture, rodrigues
+from handlib.loader import (MIRROR, Augment, DrawSampler, Hands11kSource, HandCrops, Mixture, color_jitter,
+                            rodrigues)
 
 STRONG = Augment(scale=0.2, rotation=40, translation=0.1, flip=0.5, color=0.0)
 
@@ -150,3 +151,15 @@ def test_synthetic_samples_keep_their_3d_labels_and_silhouette():
     np.testing.assert_allclose(s["betas"].numpy(), stored["beta"])
     np.testing.assert_allclose(s["global_rotmat"].numpy(), rodrigues(stored["global_orient"]), atol=1e-6)
     assert "mask_dist" not in HandCrops(SyntheticSource([stored]), 48, masks=False)[0]
+
+
+def test_color_jitter_equals_brightness_then_contrast_then_saturation():
+    image = np.random.default_rng(3).random((16, 12, 3), dtype=np.float32)
+    b, c, s = np.random.default_rng(7).uniform(0.7, 1.3, 3)  # what color_jitter draws from the same rng
+    x = image * b  # the three steps one after the other: brightness, contrast about the mean grey, saturation
+    x = (x - x.mean(2, keepdims=True).mean()) * c + x.mean(2, keepdims=True).mean()
+    grey = x.mean(2, keepdims=True)
+    expected = np.clip(grey + (x - grey) * s, 0, 1)
+    got = color_jitter(image, np.random.default_rng(7), 0.3)
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    assert got.dtype == np.float32 and (got.min(), got.max()) >= (0, 0) and got.max() <= 1
