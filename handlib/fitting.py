@@ -4,6 +4,8 @@ Every fit is one batched least-squares problem (handlib.solver): all samples are
 and stay independent, except that samples of one subject may share β (Eq. 5.2 of the thesis, "direct"), or
 have it refined scan by scan ("iterative"). Fitting runs in the thesis's stages: pose only, then shape only,
 then both; the rigid nuisance parameters (translation, or the weak-perspective camera) are free in every stage.
+A 2D fit starts from a given prediction (a network's) or from six orientations, and may match hand masks too
+(handlib.losses.silhouette_loss, the training's silhouette term).
 Residual units: millimetres for vertices (divided by sqrt(V), so a cost is a mean squared distance), hundredths
 of the half image for 2D keypoints, radians for the joint limits.
 """
@@ -14,10 +16,12 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
+from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
 from handlib import anatomy, solver
-from handlib.camera import weak_perspective
+from handlib.camera import pixels_to_normalized, weak_perspective
+from handlib.losses import silhouette_loss
 from handlib.metrics import procrustes
 
 STAGES = ("pose", "shape", "both")
@@ -43,13 +47,15 @@ class FitConfig:
     pose_prior_weight: float = 0.0  # weight of the Mahalanobis-like pose PCA prior (`pose_prior`)
     joint_limit_weight: float = 0.0  # weight of anatomy.joint_limit_loss
     vertex_subset: int = 0          # registrations: fit this many vertices spread over the mesh (0: all)
+    silhouette_weight: float = 0.0  # 2D fits with masks: weight of handlib.losses.silhouette_loss
+    silhouette_vertices: int = 300  # the vertices (spread over the mesh) that must fall inside the mask
 
     def __post_init__(self):
         if self.optimizer not in solver.METHODS:
             raise ValueError(f"optimizer must be one of {solver.METHODS}, got {self.optimizer!r}")
         if min(self.pose_iters, self.shape_iters, self.both_iters) < 0:
             raise ValueError("iteration counts must be >= 0")
-        if min(self.beta_weight, self.pose_prior_weight, self.joint_limit_weight) < 0:
+        if min(self.beta_weight, self.pose_prior_weight, self.joint_limit_weight, self.silhouette_weight) < 0:
             raise ValueError("prior weights must be >= 0")
 
 
@@ -69,6 +75,38 @@ class HandFit:
 
     def mean_error_mm(self) -> float:
         return float(self.vertex_error.mean()) * 1000
+
+
+@dataclass
+class Silhouettes:
+    """Hand masks over the 2D fit's [-1, 1] image frame, in the form handlib.losses.silhouette_loss takes."""
+    mask_dist: torch.Tensor    # (B, 1, m, m) each pixel's distance to the mask in [-1, 1] units, 0 inside
+    mask_points: torch.Tensor  # (B, M, 2) points inside the mask in [-1, 1]
+    has_mask: torch.Tensor     # (B,) bool: rows without a mask get no silhouette term
+
+    @classmethod
+    def from_masks(cls, masks: list[np.ndarray | None], points: int = 256) -> "Silhouettes":
+        """Square boolean masks (m, m) over the frame (None: no mask for that row); up to `points` mask pixels,
+        evenly spread over the mask's pixels in row order (the same every time)."""
+        sizes = {np.shape(m) for m in masks if m is not None}
+        if len(sizes) > 1 or any(len(s) != 2 or s[0] != s[1] for s in sizes):
+            raise ValueError(f"masks must all be square and of one size, got {sorted(sizes)}")
+        m = sizes.pop()[0] if sizes else 1
+        dist, pts, has = np.zeros((len(masks), 1, m, m)), np.zeros((len(masks), points, 2)), np.zeros(len(masks), bool)
+        for i, mask in enumerate(masks):
+            if mask is None or not np.any(mask):
+                continue
+            mask = np.asarray(mask, bool)
+            dist[i, 0] = ndimage.distance_transform_edt(~mask) * (2 / m)
+            ys, xs = np.nonzero(mask)
+            pick = np.linspace(0, len(xs) - 1, points).round().astype(int)
+            pts[i] = pixels_to_normalized(torch.as_tensor(np.stack([xs[pick], ys[pick]], 1), dtype=torch.float64),
+                                          m, m).numpy()
+            has[i] = True
+        return cls(torch.as_tensor(dist), torch.as_tensor(pts), torch.as_tensor(has))
+
+    def repeat(self, n: int) -> "Silhouettes":
+        return Silhouettes(self.mask_dist.repeat(n, 1, 1, 1), self.mask_points.repeat(n, 1, 1), self.has_mask.repeat(n))
 
 
 def pose_prior_coefficients(hand_pose: torch.Tensor, model) -> torch.Tensor:
@@ -193,11 +231,16 @@ def fit_shared_iterative(model, registrations: torch.Tensor, subject_ids: torch.
 
 def fit_keypoints_2d(model, keypoints: torch.Tensor, certainty: torch.Tensor | None = None,
                      config: FitConfig = FitConfig(), subject_ids: torch.Tensor | None = None,
-                     starts: int = 6, log=None) -> HandFit:
+                     starts: int = 6, log=None, init: HandFit | None = None,
+                     silhouettes: Silhouettes | None = None) -> HandFit:
     """Fit 2D keypoints (B, 21, 2) in [-1, 1] (OpenPose order) with certainties (B, 21) through the weak
-    perspective camera; with subject_ids (B,) one β per subject. The global rotation starts from `starts`
-    orientations (faces of a cube, each turned in the image plane onto the keypoints); after the pose stage the
-    best start of each image is kept. The data term weighs each keypoint by its certainty."""
+    perspective camera; with subject_ids (B,) one β per subject. The data term weighs each keypoint by its
+    certainty; with `silhouettes` and config.silhouette_weight the projected mesh must also fill each mask.
+
+    init: a start per image (global_orient, hand_pose, cam, betas; a subject's β starts from the mean of its
+    images' betas), e.g. a network's prediction; the stages run from there. Without it the global rotation starts
+    from `starts` orientations (faces of a cube, each turned in the image plane onto the keypoints); after the
+    pose stage the best start of each image is kept."""
     _check_model(model)
     keypoints = torch.as_tensor(keypoints, dtype=model.v_template.dtype)
     B = len(keypoints)
@@ -212,30 +255,68 @@ def fit_keypoints_2d(model, keypoints: torch.Tensor, certainty: torch.Tensor | N
         raise ValueError("certainties must be >= 0 with at least one > 0 per image")
     if not 1 <= starts <= 6:
         raise ValueError(f"starts must be 1..6, got {starts}")
+    if silhouettes is not None:
+        _check_silhouettes(silhouettes, B)
+        silhouettes = Silhouettes(*(t.to(keypoints) for t in (silhouettes.mask_dist, silhouettes.mask_points)),
+                                  silhouettes.has_mask.bool())
     start = time.perf_counter()
     index, n_betas = _beta_index(subject_ids, B)
-    small, _ = vertex_subset_model(model, _KEYPOINT_MODEL_VERTICES)  # the same keypoints, far fewer vertices
-    orient, cam = _camera_starts(model, keypoints, certainty, starts)  # (starts*B, 3), start-major
-    # the pose stage for every start at once, then the best start of each image goes on
-    many = (index[None] + n_betas * torch.arange(starts)[:, None]).flatten()
-    problem = _problem_2d(small, model, keypoints.repeat(starts, 1, 1), certainty.repeat(starts, 1), many,
-                          starts * n_betas, config)
-    local = torch.cat([orient, keypoints.new_zeros(starts * B, 45), cam], 1)
-    betas = keypoints.new_zeros(starts * n_betas, model.num_betas)
+    # the same keypoints, far fewer vertices: 40, or those the silhouette term needs
+    use_masks = silhouettes is not None and config.silhouette_weight > 0
+    small, _ = vertex_subset_model(model, config.silhouette_vertices if use_masks else _KEYPOINT_MODEL_VERTICES)
+    silhouettes = silhouettes if use_masks else None
     record: list[dict] = []
-    local, _ = solver.solve(problem, local, betas, config.pose_iters, _free("pose"), False, config.optimizer,
-                            config.lr, config.history_size, config.tolerance, record, "pose", log)
-    with torch.no_grad():
-        blocks, _ = problem.residuals(local, betas[many])
-        cost = torch.cat(list(blocks.values()), 1).square().sum(1)
-    best = cost.reshape(starts, B).argmin(0) * B + torch.arange(B)
-    problem = _problem_2d(small, model, keypoints, certainty, index, n_betas, config)
-    local, betas, more = _stages(problem, local[best], betas[:n_betas], replace(config, pose_iters=0), log)
+    if init is not None:
+        local = _initial_local(init, B, keypoints)
+        betas = _mean_per_subject(init.betas.to(keypoints), index, n_betas)
+    else:
+        orient, cam = _camera_starts(model, keypoints, certainty, starts)  # (starts*B, 3), start-major
+        # the pose stage for every start at once, then the best start of each image goes on
+        many = (index[None] + n_betas * torch.arange(starts)[:, None]).flatten()
+        problem = _problem_2d(small, model, keypoints.repeat(starts, 1, 1), certainty.repeat(starts, 1), many,
+                              starts * n_betas, config, None if silhouettes is None else silhouettes.repeat(starts))
+        local = torch.cat([orient, keypoints.new_zeros(starts * B, 45), cam], 1)
+        betas = keypoints.new_zeros(starts * n_betas, model.num_betas)
+        local, _ = solver.solve(problem, local, betas, config.pose_iters, _free("pose"), False, config.optimizer,
+                                config.lr, config.history_size, config.tolerance, record, "pose", log)
+        with torch.no_grad():
+            blocks, _ = problem.residuals(local, betas[many])
+            cost = torch.cat(list(blocks.values()), 1).square().sum(1)
+        best = cost.reshape(starts, B).argmin(0) * B + torch.arange(B)
+        local, betas, config = local[best], betas[:n_betas], replace(config, pose_iters=0)
+    problem = _problem_2d(small, model, keypoints, certainty, index, n_betas, config, silhouettes)
+    local, betas, more = _stages(problem, local, betas, config, log)
     with torch.no_grad():
         out = model(betas=betas[index], hand_pose=local[:, 3:48], global_orient=local[:, :3])
     return HandFit(local[:, :3], local[:, 3:48], betas[index], keypoints.new_zeros(B, 3), out.vertices, None,
                    record + more, time.perf_counter() - start, cam=_cam(local[:, _RIGID]),
                    keypoints_2d=weak_perspective(out.keypoints, _cam(local[:, _RIGID])))
+
+
+def _initial_local(init: HandFit, B: int, like: torch.Tensor) -> torch.Tensor:
+    """The local parameters (B, 51) of a start given as a HandFit with a camera; raises on a bad one."""
+    if init.cam is None:
+        raise ValueError("init needs the camera (cam, (B, 3) weak perspective s, tx, ty) of every image")
+    parts = {"global_orient": (init.global_orient, 3), "hand_pose": (init.hand_pose, 45), "betas": (init.betas, 10),
+             "cam": (init.cam, 3)}
+    for name, (value, n) in parts.items():
+        if tuple(value.shape) != (B, n):
+            raise ValueError(f"init.{name} must be ({B}, {n}) for {B} images, got {tuple(value.shape)}")
+        if not torch.isfinite(value).all():
+            raise ValueError(f"init.{name} contains NaN or inf")
+    cam = init.cam.to(like)
+    if (cam[:, 0] <= 0).any():
+        raise ValueError(f"init.cam scale must be > 0; images {(cam[:, 0] <= 0).nonzero().flatten().tolist()} "
+                         "have a scale <= 0 (a mirrored or failed prediction)")
+    return torch.cat([init.global_orient.to(like), init.hand_pose.to(like), cam[:, :1].log(), cam[:, 1:]], 1)
+
+
+def _check_silhouettes(sil: Silhouettes, B: int) -> None:
+    if sil.mask_dist.ndim != 4 or sil.mask_dist.shape[:2] != (B, 1) or sil.mask_points.ndim != 3 \
+            or sil.mask_points.shape[0] != B or sil.mask_points.shape[2] != 2 or tuple(sil.has_mask.shape) != (B,):
+        raise ValueError(f"silhouettes must be mask_dist (B, 1, m, m), mask_points (B, M, 2), has_mask (B,) with "
+                         f"B = {B}, got {tuple(sil.mask_dist.shape)}, {tuple(sil.mask_points.shape)}, "
+                         f"{tuple(sil.has_mask.shape)}")
 
 
 def vertex_subset_model(model, n: int):
@@ -279,18 +360,25 @@ def _free(stage: str) -> torch.Tensor:
     return mask
 
 
-def _problem_2d(small, model, keypoints, certainty, index, n_betas, config) -> solver.Problem:
-    """Keypoint residuals computed by `small` (a vertex subset of `model` with the same keypoints)."""
+def _problem_2d(small, model, keypoints, certainty, index, n_betas, config, silhouettes=None) -> solver.Problem:
+    """Keypoint (and silhouette) residuals computed by `small` (a vertex subset of `model` with the same
+    keypoints). The silhouette block is sqrt(weight · silhouette_loss), one number per image."""
     weights = (certainty / certainty.sum(1, keepdim=True)).sqrt()[..., None]  # (B, 21, 1)
 
     def residuals(loc, betas_rows):
         out = small(betas=betas_rows, hand_pose=loc[:, 3:48], global_orient=loc[:, :3])
-        kp2d = weak_perspective(out.keypoints, _cam(loc[:, _RIGID]))
-        diff = (kp2d - keypoints) / _KP_UNIT
-        blocks = {"data": (diff * weights).flatten(1), **prior_residuals(loc[:, 3:48], betas_rows, model, config)}
-        return blocks, {**_parameters(loc, betas_rows), "cam": _cam(loc[:, _RIGID]),
+        cam = _cam(loc[:, _RIGID])
+        diff = (weak_perspective(out.keypoints, cam) - keypoints) / _KP_UNIT
+        blocks = {"data": (diff * weights).flatten(1)}
+        if silhouettes is not None:
+            loss = silhouette_loss(weak_perspective(out.vertices, cam), silhouettes.mask_dist, silhouettes.mask_points)
+            # sqrt has no slope at 0; the loss only reaches 0 when mask points and vertices coincide
+            blocks["silhouette"] = (config.silhouette_weight * loss * silhouettes.has_mask).clamp_min(1e-12).sqrt()
+            blocks["silhouette"] = blocks["silhouette"][:, None]
+        blocks.update(prior_residuals(loc[:, 3:48], betas_rows, model, config))
+        return blocks, {**_parameters(loc, betas_rows), "cam": cam,
                         "error": diff.detach().norm(dim=-1).mean(-1) * _KP_UNIT}
-    return solver.Problem(residuals, index, n_betas)
+    return solver.Problem(residuals, index, n_betas, "forward" if silhouettes is None else "reverse")
 
 
 def _parameters(loc: torch.Tensor, betas_rows: torch.Tensor) -> dict[str, torch.Tensor]:

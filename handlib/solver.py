@@ -4,8 +4,10 @@ Row b of a batch has its own parameters `local[b]` (L,) and uses the shared para
 (a subject's β); rows with the same index form one problem. The residuals of all rows come from one batched
 call. Three methods:
   "lm":    Levenberg-Marquardt with a damping per problem; the Jacobian comes from forward-mode autodiff (one
-           jvp per free parameter column, for all rows at once) and the shared block is solved by the Schur
-           complement, as in bundle adjustment, so a problem's cost grows linearly with its rows;
+           jvp per free parameter column, for all rows at once), or reverse mode (one vjp per residual of a row,
+           for all rows at once) for residuals made of operations torch has no forward mode for (grid_sample,
+           cdist); the shared block is solved by the Schur complement, as in bundle adjustment, so a problem's
+           cost grows linearly with its rows;
   "lbfgs": torch's L-BFGS on the summed cost (one line search for the whole batch);
   "adam":  Adam on the summed cost with the learning rate decayed 100x over the stage.
 """
@@ -27,10 +29,16 @@ _ATOL, _LAMBDA_DONE = 1e-9, 1e6
 class Problem:
     """residuals(local (B, L), shared_rows (B, K)) -> (named residual blocks (B, n_i), shown); the cost of a row
     is the sum of squares of its blocks. `shown` holds (B, ...) tensors for the log: 'error' (B,) goes into the
-    record, the rest (the model's parameters) to the log's pictures."""
+    record, the rest (the model's parameters) to the log's pictures. Row b's residuals may depend on row b's
+    parameters only. jacobian: how LM differentiates them, "forward" or "reverse" mode."""
     residuals: Callable[[torch.Tensor, torch.Tensor], tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]]
     index: torch.Tensor  # (B,) row of `shared` used by each row
     n_shared: int
+    jacobian: str = "forward"
+
+    def __post_init__(self):
+        if self.jacobian not in ("forward", "reverse"):
+            raise ValueError(f"jacobian must be 'forward' or 'reverse', got {self.jacobian!r}")
 
 
 def solve(problem: Problem, local: torch.Tensor, shared: torch.Tensor, iters: int, free_local: torch.Tensor,
@@ -90,7 +98,8 @@ def _levenberg_marquardt(problem, local, shared, iters, free_local, free_shared,
     for _ in range(iters):
         if done.all():
             break
-        r, J_l, J_s = _jacobian(residual_vector, local, shared[index], cols, free_shared)
+        jacobian = _jacobian if problem.jacobian == "forward" else _jacobian_reverse
+        r, J_l, J_s = jacobian(residual_vector, local, shared[index], cols, free_shared)
         r, J_l = r.double(), J_l.double()
         A = J_l.transpose(1, 2) @ J_l                             # (B, nl, nl)
         g_l = (J_l.transpose(1, 2) @ r[..., None])[..., 0]        # (B, nl)
@@ -151,6 +160,18 @@ def _jacobian(fn: Callable, local: torch.Tensor, shared_rows: torch.Tensor, cols
     column = torch.func.vmap(lambda tl, ts: jvp(fn, (local, shared_rows), (tl, ts))[1], chunk_size=chunk)
     J = column(t_local, t_shared).permute(1, 2, 0) if n else r.new_zeros(*r.shape, 0)  # (B, R, n)
     return r, J[..., :len(cols)], (J[..., len(cols):] if free_shared else None)
+
+
+def _jacobian_reverse(fn: Callable, local: torch.Tensor, shared_rows: torch.Tensor, cols: list[int],
+                      free_shared: bool):
+    """As `_jacobian`, by reverse mode: rows are independent, so the vjp of residual column k (a one in column k
+    of every row) gives row b's derivatives of its own residual k; one vjp per residual column, vectorised."""
+    r, pull = torch.func.vjp(fn, local, shared_rows)
+    R = r.shape[1]
+    ones = torch.eye(R, dtype=r.dtype)[:, None].expand(R, *r.shape)
+    d_local, d_shared = torch.func.vmap(pull)(ones)       # (R, B, L), (R, B, K)
+    J_l = d_local[..., cols].permute(1, 0, 2)             # (B, R, len(cols))
+    return r.detach(), J_l, (d_shared.permute(1, 0, 2) if free_shared else None)
 
 
 def _damp(A: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:

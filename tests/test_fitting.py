@@ -188,3 +188,60 @@ def test_the_log_holds_losses_and_progress_pictures(toy, tmp_path):
     images = events.Images("fit/progress")
     assert len(images) == log.pictures >= 3  # one per stage end at least
     assert (images[0].height, images[0].width) == (2 * 64 + 6, 2 * 64 + 6)  # 2 x 2 tiles, draw.grid padding
+
+
+def _views_of_one_hand(model, B=4, seed=5):
+    """Noise-free keypoints of one subject (one β) in B views, and the truth as a HandFit."""
+    g = torch.Generator().manual_seed(seed)
+    pose = anatomy.pose_from_angles(anatomy.random_angles(B, g, margin_deg=10), model)
+    orient = torch.as_tensor(Rotation.random(B, random_state=seed).as_rotvec(), dtype=torch.float32)
+    betas = torch.randn(1, 10, generator=g).repeat(B, 1)
+    cam = torch.tensor([[6.0, 0.1, -0.05]]).repeat(B, 1)
+    with torch.no_grad():
+        kp = camera.weak_perspective(model(betas=betas, hand_pose=pose, global_orient=orient).keypoints, cam)
+    return kp, fitting.HandFit(orient, pose, betas, torch.zeros(B, 3), cam=cam), g
+
+
+SEEDED = fitting.FitConfig(pose_iters=10, shape_iters=5, both_iters=20, joint_limit_weight=1.0)
+
+
+def test_a_fit_started_at_the_truth_stays_there(builtin):
+    kp, truth, _ = _views_of_one_hand(builtin)
+    fit = fitting.fit_keypoints_2d(builtin, kp, None, SEEDED, torch.zeros(4, dtype=torch.long), init=truth)
+    torch.testing.assert_close(fit.betas, truth.betas, atol=1e-4, rtol=0)
+    torch.testing.assert_close(fit.hand_pose, truth.hand_pose, atol=1e-4, rtol=0)
+    torch.testing.assert_close(fit.cam, truth.cam, atol=1e-5, rtol=0)
+    assert float((fit.keypoints_2d - kp).abs().max()) < 1e-5
+    assert [r["stage"] for r in fit.record][0] == "pose"  # no multi-start: the stages ran from the start given
+
+
+def test_a_fit_started_near_the_truth_beats_the_six_starts(builtin):
+    kp, truth, g = _views_of_one_hand(builtin)
+    B = len(kp)
+    near = fitting.HandFit(truth.global_orient + 0.2 * torch.randn(B, 3, generator=g),
+                           truth.hand_pose + 0.15 * torch.randn(B, 45, generator=g),
+                           truth.betas + torch.randn(B, 10, generator=g), truth.transl,
+                           cam=truth.cam * torch.tensor([1.2, 1.0, 1.0]) + torch.tensor([0.0, 0.05, -0.05]))
+    ids = torch.zeros(B, dtype=torch.long)
+    seeded = fitting.fit_keypoints_2d(builtin, kp, None, SEEDED, ids, init=near)
+    multi = fitting.fit_keypoints_2d(builtin, kp, None, SEEDED, ids)
+
+    def errors(fit):
+        return float((fit.keypoints_2d - kp).norm(dim=-1).mean()), float((fit.betas - truth.betas).abs().mean())
+    (kp_seeded, beta_seeded), (kp_multi, beta_multi) = errors(seeded), errors(multi)
+    start_beta = float((near.betas - truth.betas).abs().mean())
+    assert kp_seeded <= kp_multi + 1e-6 and kp_seeded < 1e-4
+    assert beta_seeded <= beta_multi + 1e-6 and beta_seeded < 0.1 * start_beta
+
+
+def test_a_bad_start_is_refused_with_a_reason(toy):
+    kp = torch.zeros(2, 21, 2)
+    good = dict(global_orient=torch.zeros(2, 3), hand_pose=torch.zeros(2, 45), betas=torch.zeros(2, 10),
+                transl=torch.zeros(2, 3), cam=torch.tensor([[5.0, 0, 0]] * 2))
+    for change, words in [({"cam": None}, "init needs the camera"),
+                          ({"hand_pose": torch.zeros(3, 45)}, r"init.hand_pose must be \(2, 45\).*\(3, 45\)"),
+                          ({"betas": torch.zeros(2, 9)}, r"init.betas must be \(2, 10\)"),
+                          ({"global_orient": torch.full((2, 3), float("nan"))}, "init.global_orient contains NaN"),
+                          ({"cam": torch.tensor([[5.0, 0, 0], [-1.0, 0, 0]])}, r"scale must be > 0; images \[1\]")]:
+        with pytest.raises(ValueError, match=words):
+            fitting.fit_keypoints_2d(toy, kp, init=fitting.HandFit(**{**good, **change}))
