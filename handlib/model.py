@@ -26,7 +26,7 @@ MANO_PARENTS = [-1, 0, 1, 2, 0, 4, 5, 0, 7, 8, 0, 10, 11, 0, 13, 14]  # kintree_
 
 
 class HandOutput(NamedTuple):
-    vertices: Tensor  # (B, V, 3) metres
+    vertices: Tensor | None  # (B, V, 3) metres; None when asked for keypoints only
     joints: Tensor  # (B, 16, 3) MANO order (handlib.joints.MANO_JOINT_NAMES)
     keypoints: Tensor  # (B, 21, 3) OpenPose/MediaPipe order: the 16 joints and 5 fingertip vertices
 
@@ -208,6 +208,12 @@ class HandModel(torch.nn.Module):
         buffer("_pose_mean", pose_mean, persistent=False)
         buffer("_pca_basis", np.asarray(params["hands_components"], np.float64)[:num_pca_comps], persistent=False)
         buffer("_openpose_index", joint_orders.MANO_TO_OPENPOSE, torch.long, persistent=False)
+        # The fingertip vertices alone, for keypoints without the mesh (training's reprojection loss).
+        tips = np.asarray(self.tip_ids.cpu())
+        buffer("_tips_template_flat", v_template[tips].T.reshape(-1), persistent=False)
+        buffer("_tips_blend_dirs", blend_dirs.reshape(-1, 3, num_verts)[:, :, tips].reshape(len(blend_dirs), -1),
+               persistent=False)
+        buffer("_tips_weights", np.asarray(params["weights"])[tips], persistent=False)
         self.num_betas = num_betas
         self.num_verts = num_verts
 
@@ -234,9 +240,11 @@ class HandModel(torch.nn.Module):
         return cls.builtin(side, **kw) if path is None else cls.from_mano(path, side=side, **kw)
 
     def forward(self, betas: Tensor | None = None, hand_pose: Tensor | None = None,
-                global_orient: Tensor | None = None, transl: Tensor | None = None) -> HandOutput:
+                global_orient: Tensor | None = None, transl: Tensor | None = None,
+                return_verts: bool = True) -> HandOutput:
         """betas (B, K); hand_pose (B, 45) axis-angle, or (B, num_pca_comps) with use_pca; global_orient (B, 3)
-        axis-angle about the wrist; transl (B, 3). Missing inputs are zeros."""
+        axis-angle about the wrist; transl (B, 3). Missing inputs are zeros. With return_verts=False only the
+        joints and keypoints are computed (skinning just the 5 fingertip vertices) and `vertices` is None."""
         given = [x for x in (betas, hand_pose, global_orient, transl) if x is not None]
         batch = given[0].shape[0] if given else 1
         if any(x.shape[0] != batch for x in given):
@@ -253,12 +261,18 @@ class HandModel(torch.nn.Module):
         else:
             hand_pose = hand_pose + self._pose_mean
         pose = torch.cat([global_orient, hand_pose], 1).view(batch, -1, 3)
-        vertices, joints = lbs(betas, pose, self._v_template_flat, self._blend_dirs, self._J_template,
-                               self._J_dirs, self.lbs_weights)
+        if return_verts:
+            vertices, joints = lbs(betas, pose, self._v_template_flat, self._blend_dirs, self._J_template,
+                                   self._J_dirs, self.lbs_weights)
+            tips = vertices[:, self.tip_ids]
+        else:
+            vertices = None
+            tips, joints = lbs(betas, pose, self._tips_template_flat, self._tips_blend_dirs, self._J_template,
+                               self._J_dirs, self._tips_weights)
         if transl is not None:
-            vertices = vertices + transl[:, None]
-            joints = joints + transl[:, None]
-        keypoints = torch.cat([joints, vertices[:, self.tip_ids]], 1)[:, self._openpose_index]
+            vertices = None if vertices is None else vertices + transl[:, None]
+            joints, tips = joints + transl[:, None], tips + transl[:, None]
+        keypoints = torch.cat([joints, tips], 1)[:, self._openpose_index]
         return HandOutput(vertices, joints, keypoints)
 
     def mano_params(self) -> dict:

@@ -57,7 +57,7 @@ class HandPrediction(NamedTuple):
     hand_pose: torch.Tensor      # (B, 45) axis-angle, MANO order, relative to the model's mean pose
     betas: torch.Tensor          # (B, 10)
     cam: torch.Tensor            # (B, 3) weak perspective (s, tx, ty) onto the crop's [-1, 1]
-    vertices: torch.Tensor       # (B, V, 3) metres, rotated, model origin (not translated)
+    vertices: torch.Tensor | None  # (B, V, 3) metres, rotated, model origin (not translated); None if not asked
     keypoints3d: torch.Tensor    # (B, 21, 3) metres, OpenPose order, same frame as vertices
     keypoints2d: torch.Tensor    # (B, 21, 2) in [-1, 1] over the crop
 
@@ -186,43 +186,44 @@ class HandNet(nn.Module):
         x = ((images + 1) / 2 - self.pixel_mean) / self.pixel_std
         return self.encoder(x)
 
-    def forward(self, images: torch.Tensor, side: torch.Tensor | None = None) -> list[HandPrediction]:
-        """images (B, 3, H, W) in [-1, 1], side (B,) 0 right / 1 left (default right) -> T predictions."""
+    def forward(self, images: torch.Tensor, side: torch.Tensor | None = None,
+                return_verts: bool = True) -> list[HandPrediction]:
+        """images (B, 3, H, W) in [-1, 1], side (B,) 0 right / 1 left (default right) -> T predictions.
+        return_verts=False leaves the meshes out (vertices None): the keypoints cost a fraction of them."""
         feat = self.features(images)
         side = torch.zeros(len(images), device=images.device) if side is None else side.to(feat.dtype)
         theta = self.initial_theta(side)
         out = []
         for _ in range(self.iterations):
             theta = theta + self.regressor(torch.cat([feat, theta, side[:, None]], dim=1))
-            out.append(self.decode(theta, side))
+            out.append(self.decode(theta, side, return_verts))
         return out
 
-    def decode(self, theta: torch.Tensor, side: torch.Tensor) -> HandPrediction:
+    def decode(self, theta: torch.Tensor, side: torch.Tensor, return_verts: bool = True) -> HandPrediction:
         """Θ (B, D) -> the posed hand and its projection, each sample through its side's hand model."""
         r = self.rot_dim
         rot, hand_pose, betas, c = theta[:, :r], theta[:, r:r + 45], theta[:, r + 45:r + 55], theta[:, r + 55:]
         R = batch_rodrigues(rot) if self.rotation == "axis_angle" else rot6d_to_matrix(rot)
         cam = torch.cat([c[:, :1] * self.s0, c[:, 1:]], dim=1)
-        verts, kp3d = self.pose(hand_pose, betas, R, side)
+        verts, kp3d = self.pose(hand_pose, betas, R, side, return_verts)
         return HandPrediction(theta, R, hand_pose, betas, cam, verts, kp3d, weak_perspective(kp3d, cam))
 
     def pose(self, hand_pose: torch.Tensor, betas: torch.Tensor, R: torch.Tensor,
-             side: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Vertices (B, V, 3) and keypoints (B, 21, 3): MANO posed, then rotated by R about its wrist (as MANO's
-        global rotation does), each sample by the model of its side."""
-        verts = kps = None
+             side: torch.Tensor, return_verts: bool = True) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """Vertices (B, V, 3) (None without return_verts) and keypoints (B, 21, 3): MANO posed, then rotated by R
+        about its wrist (as MANO's global rotation does), each sample by the model of its side."""
+        parts = []  # (sample ids, vertices, keypoints) per side
         for k, name in enumerate(SIDES):
             idx = (side == k).nonzero()[:, 0]
             if len(idx) == 0:
                 continue
-            o = self.hand_models[name](betas=betas[idx], hand_pose=hand_pose[idx])
+            o = self.hand_models[name](betas=betas[idx], hand_pose=hand_pose[idx], return_verts=return_verts)
             wrist = o.joints[:, :1]  # (b, 1, 3)
-            v = (o.vertices - wrist) @ R[idx].transpose(1, 2) + wrist
-            p = (o.keypoints - wrist) @ R[idx].transpose(1, 2) + wrist
-            if len(idx) == len(side):
-                return v, p
-            if verts is None:
-                verts = v.new_zeros(len(side), *v.shape[1:])
-                kps = p.new_zeros(len(side), *p.shape[1:])
-            verts, kps = verts.index_copy(0, idx, v), kps.index_copy(0, idx, p)
-        return verts, kps
+            turn = R[idx].transpose(1, 2)
+            v = None if o.vertices is None else (o.vertices - wrist) @ turn + wrist
+            parts.append((idx, v, (o.keypoints - wrist) @ turn + wrist))
+        if len(parts) == 1:
+            return parts[0][1:]
+        order = torch.cat([idx for idx, _, _ in parts]).argsort()  # back to the batch's order
+        verts = None if parts[0][1] is None else torch.cat([v for _, v, _ in parts])[order]
+        return verts, torch.cat([p for _, _, p in parts])[order]

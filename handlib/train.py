@@ -147,6 +147,7 @@ def train(cfg: TrainConfig, train_sources: dict, val_sources: dict, hand_models:
         generator=torch.Generator().manual_seed(cfg.seed))  # own generator: workers leave the global RNG alone
     val_batch = validation_batch(crops(val_sources, cfg, augment=False), cfg.val_batch)
     weights = LossWeights(**cfg.losses)
+    needs_verts = bool(weights.vertices or weights.silhouette)  # else the keypoints alone: a fraction of the cost
     writer = SummaryWriter(str(run_dir / "tb")) if main else None
 
     result, clock, timed = {}, time.perf_counter(), 0
@@ -155,7 +156,7 @@ def train(cfg: TrainConfig, train_sources: dict, val_sources: dict, hand_models:
     for it in range(start, cfg.iterations):
         batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items()}
         net.train()
-        preds = model(batch["image"], batch["side"])
+        preds = model(batch["image"], batch["side"], return_verts=needs_verts)
         loss, parts = hand_losses(preds, batch, weights, net)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -240,7 +241,7 @@ def validate(net: HandNet, batch: dict, weights: LossWeights, device) -> dict:
     diagonal, metrics.hand_size), and on samples with 3D labels MPJPE (wrist-aligned) and PA-MPJPE in mm."""
     net.eval()
     batch = {k: v.to(device) for k, v in batch.items()}
-    preds = net(batch["image"], batch["side"])
+    preds = net(batch["image"], batch["side"], return_verts=bool(weights.vertices or weights.silhouette))
     loss, _ = hand_losses(preds, batch, weights, net)
     p = preds[-1]
     seen = batch["certainty"] > 0

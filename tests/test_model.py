@@ -177,3 +177,17 @@ def test_gradients_after_a_first_call_in_inference_mode():
     pose = torch.randn(2, 45, dtype=torch.float64, requires_grad=True)
     model(hand_pose=pose).vertices.sum().backward()
     assert pose.grad is not None and pose.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("use_pca", [False, True])
+def test_keypoints_only_equal_the_full_models_keypoints_and_gradients(use_pca):
+    model = HandModel(random_mano_params(60, 80), use_pca=use_pca, num_pca_comps=12, dtype=torch.float64)
+    inputs = {k: v.requires_grad_() for k, v in random_inputs(4, 12 if use_pca else 45, seed=5).items()}
+    full, light = model(**inputs), model(**inputs, return_verts=False)
+    assert light.vertices is None
+    np.testing.assert_allclose(light.keypoints.detach().numpy(), full.keypoints.detach().numpy(), atol=1e-12)
+    np.testing.assert_allclose(light.joints.detach().numpy(), full.joints.detach().numpy(), atol=1e-12)
+    weights = torch.randn_like(full.keypoints)
+    grads = [torch.autograd.grad((out.keypoints * weights).sum(), list(inputs.values())) for out in (full, light)]
+    for g_full, g_light in zip(*grads):
+        np.testing.assert_allclose(g_light.numpy(), g_full.numpy(), atol=1e-10)

@@ -64,6 +64,13 @@ def test_all_iterations_have_the_right_shapes_and_match_the_hand_model(hands, ro
         torch.testing.assert_close(p.keypoints3d[i], ref.keypoints[0], atol=1e-5, rtol=0)
         torch.testing.assert_close(p.vertices[i], ref.vertices[0], atol=1e-5, rtol=0)
     torch.testing.assert_close(p.keypoints2d, weak_perspective(p.keypoints3d, p.cam))
+    # without the meshes: the same keypoints, each sample in its place
+    images = torch.rand(4, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        light, full = net(images, side, return_verts=False)[-1], net(images, side)[-1]
+    assert light.vertices is None
+    torch.testing.assert_close(light.keypoints3d, full.keypoints3d, atol=1e-6, rtol=0)
+    torch.testing.assert_close(light.keypoints2d, full.keypoints2d, atol=1e-6, rtol=0)
     # the start: the mean hand fills the crop's middle, fingers up; the left one is its mirror image
     sides = torch.tensor([0, 1])
     start = net.decode(net.initial_theta(sides), sides)
