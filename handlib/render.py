@@ -175,37 +175,71 @@ void main() {
 """
 
 _AUX_FS = """#version 450
+// DEPTH, NORMALS and PARTS are defined (as their attachment's number) for the targets drawn: only those asked
+// for, since clearing and reading each costs memory traffic
 layout(std430, binding = 5) readonly buffer FacePart { int face_part[]; };
-uniform bool has_parts;
 in vec3 v_camera;
 in vec3 v_normal;
-layout(location = 0) out float f_depth;
-layout(location = 1) out vec4 f_normal;
-layout(location = 2) out float f_part;
+#ifdef DEPTH
+layout(location = DEPTH) out float f_depth;
+#endif
+#ifdef NORMALS
+layout(location = NORMALS) out vec4 f_normal;
+#endif
+#ifdef PARTS
+layout(location = PARTS) out float f_part;
+#endif
 
 void main() {
-    vec3 n = normalize(gl_FrontFacing ? v_normal : -v_normal);  // the visible side
+#ifdef DEPTH
     f_depth = v_camera.z;
-    f_normal = vec4(n, 0.0);
-    f_part = has_parts ? float(face_part[gl_PrimitiveID]) : 0.0;
+#endif
+#ifdef NORMALS
+    f_normal = vec4(normalize(gl_FrontFacing ? v_normal : -v_normal), 0.0);  // the visible side
+#endif
+#ifdef PARTS
+    f_part = float(face_part[gl_PrimitiveID]);
+#endif
 }
 """
+# aux targets: (components, dtype, clear value, bytes per pixel)
+_AUX_TARGETS = {"depth": (1, "f4", math.inf, 4), "normals": (4, "f2", 0.0, 8), "parts": (1, "f4", -1.0, 4)}
 
-_FULLSCREEN_VS = """#version 450
+_TILES = """
+struct Tile { ivec4 rect; vec4 background; };  // rect: x0, y0, x1, y1 (exclusive) in the tile's pixels
+layout(std430, binding = 6) readonly buffer Tiles { Tile tiles[]; };
+uniform ivec2 tile_size;
+uniform int columns;
+"""
+
+# The composite is drawn twice: the background over the whole image (RESOLVE 0, one big triangle), then the
+# resolved colour pass composited over it inside each sample's rect (RESOLVE 1, one quad per sample), the box
+# around its projected mesh (transparent outside): resolving fetches every sample of every pixel, most of this
+# pass's cost, and the box is a third of the image on average (llvmpipe skips no masked-off work in a shader,
+# so the rects are drawn as geometry rather than tested per pixel)
+_COMPOSITE_VS = """#version 450
+""" + _TILES + """
+uniform ivec2 target_size;
 void main() {
-    gl_Position = vec4(vec2(gl_VertexID % 2, gl_VertexID / 2) * 4.0 - 1.0, 0.0, 1.0);
+    vec2 corner = vec2(gl_VertexID % 2, gl_VertexID / 2);
+#if RESOLVE
+    int t = gl_InstanceID;
+    vec2 pixel = vec2(t % columns, t / columns) * tile_size + mix(vec2(tiles[t].rect.xy), vec2(tiles[t].rect.zw), corner);
+    gl_Position = vec4(pixel / target_size * 2.0 - 1.0, 0.0, 1.0);
+#else
+    gl_Position = vec4(corner * 4.0 - 1.0, 0.0, 1.0);
+#endif
 }
 """
 
 _COMPOSITE_FS = """#version 450
-// MSAA, SUPERSAMPLE_X and SUPERSAMPLE_Y are defined per renderer: constant loops unroll
+// MSAA, SUPERSAMPLE_X and SUPERSAMPLE_Y are defined per renderer: constant loops unroll; RESOLVE per program
 #if MSAA > 1
 uniform sampler2DMS coverage;  // the colour pass (supersampled, multisampled), over its background or transparent
 #else
 uniform sampler2D coverage;  // one sample: a plain texture, rasterised exactly as the other outputs
 #endif
-uniform ivec2 tile_size;
-uniform int columns;
+""" + _TILES + """
 uniform bool background_image;
 uniform bool background_per_sample;
 uniform int first_sample;  // of this chunk, in the batch
@@ -214,18 +248,21 @@ layout(location = 0) out vec4 f_color;
 
 void main() {
     ivec2 pixel = ivec2(gl_FragCoord.xy);
-    vec4 color = vec4(0.0);
+    ivec2 tile = pixel / tile_size;
+    int t = tile.y * columns + tile.x;
+    ivec2 local = pixel - tile * tile_size;
+    vec4 color = vec4(0.0);  // the colour pass was cleared transparent: the background is composited here
+#if RESOLVE
     for (int y = 0; y < SUPERSAMPLE_Y; ++y)
         for (int x = 0; x < SUPERSAMPLE_X; ++x)
             for (int k = 0; k < MSAA; ++k)
                 color += texelFetch(coverage, pixel * ivec2(SUPERSAMPLE_X, SUPERSAMPLE_Y) + ivec2(x, y), k);
     color /= float(SUPERSAMPLE_X * SUPERSAMPLE_Y * MSAA);
-    if (background_image) {  // the colour pass was cleared transparent: composite (premultiplied) here
-        ivec2 tile = pixel / tile_size;
-        int layer = background_per_sample ? first_sample + tile.y * columns + tile.x : 0;
-        color.rgb += (1.0 - color.a) * texelFetch(backgrounds, ivec3(pixel - tile * tile_size, layer), 0).rgb;
-    }
-    f_color = vec4(color.rgb, 1.0);
+#endif
+    vec3 background = tiles[t].background.rgb;
+    if (background_image)
+        background = texelFetch(backgrounds, ivec3(local, background_per_sample ? first_sample + t : 0), 0).rgb;
+    f_color = vec4(color.rgb + (1.0 - color.a) * background, 1.0);  // premultiplied
 }
 """
 
@@ -309,22 +346,24 @@ class Renderer:
 
         ctx = self.ctx
         self._mesh_color = ctx.program(vertex_shader=_MESH_VS, fragment_shader=_COLOR_FS)
-        self._mesh_aux = ctx.program(vertex_shader=_MESH_VS, fragment_shader=_AUX_FS)
         defines = (f"#define MSAA {self.msaa}\n#define SUPERSAMPLE_X {self.supersample[0]}\n"
                    f"#define SUPERSAMPLE_Y {self.supersample[1]}\n")
-        self._composite = ctx.program(vertex_shader=_FULLSCREEN_VS,
-                                      fragment_shader=_COMPOSITE_FS.replace("\n", "\n" + defines, 1))
+        self._composite = [ctx.program(vertex_shader=_COMPOSITE_VS.replace("\n", f"\n#define RESOLVE {k}\n", 1),
+                                       fragment_shader=_COMPOSITE_FS.replace("\n", f"\n{defines}#define RESOLVE {k}\n", 1))
+                           for k in (0, 1)]  # background, then resolve
         self._drawn_index = ctx.buffer(drawn_index.astype(np.int32))
-        self._vaos = {p: ctx.vertex_array(p, [], index_buffer=self._drawn_index, index_element_size=4)
-                      for p in (self._mesh_color, self._mesh_aux)}
-        self._vaos[self._composite] = ctx.vertex_array(self._composite, [])
+        self._vaos = {self._mesh_color: ctx.vertex_array(self._mesh_color, [], index_buffer=self._drawn_index,
+                                                         index_element_size=4)}
+        self._aux_programs: dict[tuple[str, ...], moderngl.Program] = {}
+        self._vaos.update({program: ctx.vertex_array(program, []) for program in self._composite})
         self._drawn_vertex = ctx.buffer(pairs[:, 0].astype(np.int32))
         self._drawn_uv = ctx.buffer(drawn_uv)
         self._face_part_buffer = ctx.buffer(
             np.zeros(len(self.faces), np.int32) if self.face_part is None else self.face_part.astype(np.int32))
         self._buffers: dict[str, moderngl.Buffer] = {}
         self._textures: dict[str, moderngl.Texture] = {}
-        self._framebuffers: dict[str, tuple] = {}
+        self._framebuffers: dict[tuple, dict] = {}  # least recently used first
+        self._framebuffer_bytes: dict[tuple, int] = {}
 
     def _face_parts(self, parts: ArrayLike) -> np.ndarray:
         parts = _numpy(parts)
@@ -364,6 +403,7 @@ class Renderer:
             raise ValueError(f"vertices must have shape (B, {self.num_vertices}, 3), got {tuple(verts.shape)}")
         B = len(verts)
         view, proj = self._camera_matrices(camera, verts)
+        rects = self._pixel_rects(view, proj, verts) if "image" in outputs else None
         block = _sample_block(view, proj, Light() if light is None else light, color)
         face_normals = _face_normals(verts, self.faces)  # (B, F, 3)
         normals = _sum_to_vertices(face_normals, self.faces, self.num_vertices)
@@ -383,22 +423,23 @@ class Renderer:
 
         H, W = self.height, self.width
         result = {"image": np.empty((B, H, W, 3), np.uint8)} if "image" in outputs else {}
-        aux = [name for name in ("mask", "depth", "normals", "parts") if name in outputs]
-        if aux:
-            result["depth"] = np.empty((B, H, W), np.float32)
-            if "normals" in outputs:
-                result["normals"] = np.empty((B, H, W, 3), np.float32)
-            if "parts" in outputs:
-                result["parts"] = np.empty((B, H, W), np.int16)
+        aux = _aux_targets(outputs)
+        for name in aux:
+            result[name] = np.empty((B, H, W, 3) if name == "normals" else (B, H, W),
+                                    np.int16 if name == "parts" else np.float32)
 
-        # bytes per sample: multisampled RGBA8 + depth and the RGBA8 result; float depth, normals, part + depth
+        # bytes per sample: multisampled RGBA8 + depth and the RGBA8 result; the aux targets + depth
         tile_bytes = H * W * ((8 * self.msaa * self.supersample[0] * self.supersample[1] + 4) * ("image" in outputs)
-                              + 20 * bool(aux))
-        chunk = max(1, min(B, self.max_memory // tile_bytes, self._max_tiles()))
+                              + (4 + sum(_AUX_TARGETS[name][3] for name in aux)) * bool(aux))
+        most = max(1, min(self.max_memory // tile_bytes, self._max_tiles()))
+        chunk = min(B, most)
         chunks = math.ceil(B / chunk)
         chunk = math.ceil(B / chunks)  # balanced chunks share one framebuffer
-        columns = math.ceil(math.sqrt(chunk))
-        rows = math.ceil(chunk / columns)
+        # tilings for a multiple of 8 samples: batches of varying size (as the synthetic data's per side) reuse
+        # a few framebuffers rather than make new ones (about three clears' time each)
+        tiles = min(most, -(-chunk // 8) * 8) if chunk > 8 else chunk
+        columns = math.ceil(math.sqrt(tiles))
+        rows = math.ceil(tiles / columns)
         for start in range(0, B, chunk):
             stop = min(start + chunk, B)
             # a closed mesh hides the faces turned away from the camera: skip them when all agree which they are
@@ -408,13 +449,13 @@ class Renderer:
             self._upload_chunk(verts[start:stop], normals[start:stop], block[start:stop], rows * columns)
             if "image" in outputs:
                 self._draw_color(part, texture, background if background.ndim == 4 else background[start:stop],
-                                 result["image"])
+                                 rects[start:stop], result["image"])
             if aux:
-                self._draw_aux(part, outputs, result)
+                self._draw_aux(part, aux, result)
         if "mask" in outputs:
-            result["mask"] = np.isfinite(result["depth"])
-        if "depth" not in outputs and "depth" in result:
-            del result["depth"]
+            result["mask"] = np.isfinite(result["depth"]) if "depth" in aux else result["parts"] >= 0
+        if "depth" not in outputs:
+            result.pop("depth", None)
         return result
 
     def _camera_matrices(self, camera: WeakPerspective | Perspective, verts: np.ndarray):
@@ -451,6 +492,24 @@ class Renderer:
             proj[:, 2, 2], proj[:, 2, 3] = (far + near) / (far - near), -2 * far * near / (far - near)
             proj[:, 3, 2] = 1
         return view, proj
+
+    def _pixel_rects(self, view: np.ndarray, proj: np.ndarray, verts: np.ndarray) -> np.ndarray:
+        """(B, 4) int32 pixel boxes x0, y0, x1, y1 (exclusive) that hold each sample's projected mesh, with a
+        pixel to spare (rounding on the GL side); the whole image where a vertex lies behind the camera."""
+        m = (proj @ view)[:, [0, 1, 3], :, None]  # clip x, y, w rows, (B, 3, 4, 1)
+        # elementwise on (B, V) arrays: several times faster than batched 3x3 matmuls and middle-axis reductions
+        x, y, z = (np.ascontiguousarray(verts[..., k]) for k in range(3))
+        cx, cy, w = (m[:, i, 0] * x + m[:, i, 1] * y + m[:, i, 2] * z + m[:, i, 3] for i in range(3))
+        behind = (w <= 1e-12).any(axis=1)
+        w = np.where(w > 1e-12, w, 1.0)
+        lo, hi = [], []
+        for c, size in ((cx, self.width), (cy, self.height)):
+            pixels = (c / w + 1) * (size / 2)  # pixel edges
+            lo.append(np.clip(np.floor(pixels.min(axis=1)) - 1, 0, size))
+            hi.append(np.clip(np.ceil(pixels.max(axis=1)) + 1, 0, size))
+        lo, hi = np.stack(lo, axis=1), np.stack(hi, axis=1)
+        lo[behind], hi[behind] = 0, (self.width, self.height)
+        return np.concatenate([lo, hi], axis=1).astype(np.int32)
 
     def _max_tiles(self) -> int:
         limit = self.ctx.info["GL_MAX_TEXTURE_SIZE"]
@@ -491,31 +550,38 @@ class Renderer:
             texture.filter = (moderngl.LINEAR_MIPMAP_LINEAR, moderngl.LINEAR)
         texture.repeat_x = texture.repeat_y = False
 
-    def _framebuffer(self, kind: str, rows: int, columns: int) -> tuple:
-        """Reused framebuffers for a (rows x columns) tiling."""
+    def _framebuffer(self, kind: str | tuple[str, ...], rows: int, columns: int) -> dict:
+        """Reused framebuffers and their textures for a (rows x columns) tiling, by name; kind "color" or a tuple
+        of aux targets. The few most recently used of a kind are kept."""
         key = (kind, rows, columns)
         if key in self._framebuffers:
+            self._framebuffers[key] = self._framebuffers.pop(key)  # most recently used
             return self._framebuffers[key]
-        for old in [k for k in self._framebuffers if k[0] == kind]:
-            for obj in self._framebuffers.pop(old):
-                obj.release()
         ctx, W, H = self.ctx, columns * self.width, rows * self.height
         if kind == "color":
             sx, sy = self.supersample
             samples = self.msaa if self.msaa > 1 else 0
             coverage = ctx.texture((W * sx, H * sy), 4, samples=samples)
             depth = ctx.depth_renderbuffer((W * sx, H * sy), samples=samples)
-            out = ctx.renderbuffer((W, H), 4)
-            objects = (ctx.framebuffer([coverage], depth), ctx.framebuffer([out]), coverage, depth, out)
+            out = ctx.texture((W, H), 4)  # read back as RGBA: several times faster than RGB on llvmpipe
+            objects = {"fbo": ctx.framebuffer([coverage], depth), "out_fbo": ctx.framebuffer([out]),
+                       "coverage": coverage, "depth": depth, "out": out}
+            nbytes = W * H * (8 * samples * sx * sy + 4)
         else:
-            depth_tex = ctx.texture((W, H), 1, dtype="f4")
-            normal_tex = ctx.texture((W, H), 4, dtype="f2")
-            part_tex = ctx.texture((W, H), 1, dtype="f4")  # exact integers up to 2^24
+            targets = {name: ctx.texture((W, H), _AUX_TARGETS[name][0], dtype=_AUX_TARGETS[name][1])
+                       for name in kind}  # parts as floats: exact integers up to 2^24
             depth = ctx.depth_renderbuffer((W, H))
-            objects = (ctx.framebuffer([depth_tex, normal_tex, part_tex], depth), ctx.framebuffer([depth_tex]),
-                       ctx.framebuffer([normal_tex]), ctx.framebuffer([part_tex]), depth_tex, normal_tex,
-                       part_tex, depth)
-        self._framebuffers[key] = objects
+            objects = {"fbo": ctx.framebuffer(list(targets.values()), depth), "depth": depth, **targets,
+                       **{name + "_fbo": ctx.framebuffer([texture], depth if k == 0 else None)
+                          for k, (name, texture) in enumerate(targets.items())}}
+            nbytes = W * H * (4 + sum(_AUX_TARGETS[name][3] for name in kind))
+        self._framebuffers[key], self._framebuffer_bytes[key] = objects, nbytes
+        same = [k for k in self._framebuffers if k[0] == kind]
+        while len(same) > 1 and (len(same) > 3 or sum(self._framebuffer_bytes[k] for k in same) > 2 * self.max_memory):
+            old = same.pop(0)
+            for obj in self._framebuffers.pop(old).values():
+                obj.release()
+            del self._framebuffer_bytes[old]
         return objects
 
     def _draw_mesh(self, program: moderngl.Program, part: "_Chunk") -> None:
@@ -536,20 +602,22 @@ class Renderer:
         self._vaos[program].render(moderngl.TRIANGLES, vertices=3 * len(self.faces), instances=part.stop - part.start)
         ctx.disable(moderngl.CULL_FACE)
 
-    def _draw_color(self, part: "_Chunk", texture, background: np.ndarray, out: np.ndarray) -> None:
-        """The image pass: background colours are cleared in (colour, alpha 0), so resolving composites them."""
+    def _draw_color(self, part: "_Chunk", texture, background: np.ndarray, rects: np.ndarray,
+                    out: np.ndarray) -> None:
+        """The image pass: the mesh over transparent black, resolved and composited over the background (colours
+        (n, 3) or images) inside rects (n, 4), the boxes that hold each sample's mesh."""
         start, stop, rows, columns, _ = part
-        msaa_fbo, out_fbo, coverage, *_ = self._framebuffer("color", rows, columns)
+        framebuffer = self._framebuffer("color", rows, columns)
+        msaa_fbo, out_fbo, coverage = framebuffer["fbo"], framebuffer["out_fbo"], framebuffer["coverage"]
         program = self._mesh_color
         msaa_fbo.use()
         image = background.ndim == 4
-        if image or len(np.unique(background, axis=0)) == 1:
-            msaa_fbo.clear(*(0.0, 0.0, 0.0) if image else background[0], 0.0, depth=1.0)
-        else:
-            sx, sy = self.supersample
-            tw, th = self.width * sx, self.height * sy
-            for k, rgb in enumerate(background):
-                msaa_fbo.clear(*rgb, 0.0, depth=1.0, viewport=(k % columns * tw, k // columns * th, tw, th))
+        msaa_fbo.clear(0.0, 0.0, 0.0, 0.0, depth=1.0)
+        tiles = np.zeros((rows * columns, 8), np.float32)  # struct Tile; tiles left empty: no rect, black
+        tiles[:stop - start].view(np.int32)[:, :4] = rects
+        if not image:
+            tiles[:stop - start, 4:7] = background
+        self._buffer("tiles", tiles).bind_to_storage_buffer(6)
         program["textured"] = texture is not None
         if texture is not None:
             program["texture_per_sample"] = self._textures["albedo"].size[2] > 1
@@ -558,47 +626,51 @@ class Renderer:
             self._textures["albedo"].use(0)
         self._draw_mesh(program, part)
 
-        composite = self._composite
         out_fbo.use()
         self.ctx.disable(moderngl.DEPTH_TEST)
-        composite["coverage"] = 1
         coverage.use(1)
-        composite["tile_size"] = (self.width, self.height)
-        composite["columns"] = columns
-        composite["background_image"] = image
         if image:
-            composite["background_per_sample"] = self._textures["background"].size[2] > 1
-            composite["first_sample"] = start
-            composite["backgrounds"] = 2
             self._textures["background"].use(2)
-        self._vaos[composite].render(moderngl.TRIANGLES, vertices=3)
-        atlas = np.empty((rows * self.height, columns * self.width, 3), np.uint8)
-        out_fbo.read_into(atlas, components=3)
-        out[start:stop] = _untile(atlas, rows, columns, stop - start)
+        uniforms = {"coverage": 1, "tile_size": (self.width, self.height), "columns": columns,
+                    "target_size": (columns * self.width, rows * self.height), "background_image": image,
+                    "background_per_sample": image and self._textures["background"].size[2] > 1,
+                    "first_sample": start, "backgrounds": 2}
+        background, resolve = self._composite
+        for program in self._composite:
+            for name, value in uniforms.items():
+                if name in program:  # the compiler drops those a program does not use
+                    program[name] = value
+        self._vaos[background].render(moderngl.TRIANGLES, vertices=3)
+        self._vaos[resolve].render(moderngl.TRIANGLE_STRIP, vertices=4, instances=stop - start)
+        atlas = np.empty((rows * self.height, columns * self.width, 4), np.uint8)
+        out_fbo.read_into(atlas, components=4)
+        out[start:stop] = _untile(atlas, rows, columns, stop - start)[..., :3]
 
-    def _draw_aux(self, part: "_Chunk", outputs: tuple[str, ...], result: dict) -> None:
+    def _draw_aux(self, part: "_Chunk", aux: tuple[str, ...], result: dict) -> None:
         start, stop, rows, columns, _ = part
-        n = stop - start
-        fbo, depth_fbo, normal_fbo, part_fbo, *_ = self._framebuffer("aux", rows, columns)
-        fbo.clear(0.0, 0.0, 0.0, 0.0, depth=1.0)  # clears the normals too
-        depth_fbo.clear(math.inf, 0.0, 0.0, 0.0)
-        part_fbo.clear(-1.0, 0.0, 0.0, 0.0)
-        fbo.use()
-        program = self._mesh_aux
-        program["has_parts"] = self.face_part is not None
-        self._draw_mesh(program, part)
+        framebuffer = self._framebuffer(aux, rows, columns)
+        for name in aux:  # the first target's framebuffer holds the depth buffer too
+            framebuffer[name + "_fbo"].clear(_AUX_TARGETS[name][2], 0.0, 0.0, 0.0, depth=1.0)
+        framebuffer["fbo"].use()
+        self._draw_mesh(self._aux_program(aux), part)
         H, W = rows * self.height, columns * self.width
-        depth = np.empty((H, W, 1), np.float32)
-        depth_fbo.read_into(depth, components=1, dtype="f4")
-        result["depth"][start:start + n] = _untile(depth, rows, columns, n)[..., 0]
-        if "normals" in outputs:
-            normals = np.empty((H, W, 3), np.float16)
-            normal_fbo.read_into(normals, components=3, dtype="f2")
-            result["normals"][start:start + n] = _untile(normals, rows, columns, n)
-        if "parts" in outputs:
-            parts = np.empty((H, W, 1), np.float32)
-            part_fbo.read_into(parts, components=1, dtype="f4")
-            result["parts"][start:start + n] = _untile(parts, rows, columns, n)[..., 0]
+        for name in aux:
+            components, dtype = (3, np.float16) if name == "normals" else (1, np.float32)
+            data = np.empty((H, W, components), dtype)
+            framebuffer[name + "_fbo"].read_into(data, components=components, dtype=_AUX_TARGETS[name][1])
+            tiles = _untile(data, rows, columns, stop - start)
+            result[name][start:stop] = tiles if name == "normals" else tiles[..., 0]
+
+    def _aux_program(self, aux: tuple[str, ...]) -> moderngl.Program:
+        """The aux pass's program drawing the targets `aux` (compiled on first use)."""
+        if aux not in self._aux_programs:
+            defines = "".join(f"#define {name.upper()} {k}\n" for k, name in enumerate(aux))
+            program = self.ctx.program(vertex_shader=_MESH_VS,
+                                       fragment_shader=_AUX_FS.replace("\n", "\n" + defines, 1))
+            self._vaos[program] = self.ctx.vertex_array(program, [], index_buffer=self._drawn_index,
+                                                        index_element_size=4)
+            self._aux_programs[aux] = program
+        return self._aux_programs[aux]
 
     def release(self) -> None:
         """Free this renderer's GL objects now (they are otherwise freed with the context)."""
@@ -606,14 +678,15 @@ class Renderer:
             self._release()
 
     def _release(self) -> None:
-        objects = [self._mesh_color, self._mesh_aux, self._composite, *self._vaos.values(), self._drawn_index,
-                   self._drawn_vertex, self._drawn_uv, self._face_part_buffer, *self._buffers.values(),
+        objects = [self._mesh_color, *self._aux_programs.values(), *self._composite, *self._vaos.values(),
+                   self._drawn_index, self._drawn_vertex, self._drawn_uv, self._face_part_buffer, *self._buffers.values(),
                    *self._textures.values()]
         for fbo_objects in self._framebuffers.values():
-            objects.extend(fbo_objects)
+            objects.extend(fbo_objects.values())
         for obj in objects:
             obj.release()
-        self._buffers, self._textures, self._framebuffers = {}, {}, {}
+        self._buffers, self._textures, self._framebuffers, self._framebuffer_bytes = {}, {}, {}, {}
+        self._aux_programs = {}
 
 
 class _Chunk(NamedTuple):
@@ -636,6 +709,14 @@ def _sample_block(view: np.ndarray, proj: np.ndarray, light: Light, color: Array
                                _rgb(color, B, "color"))):
         block[:, 32 + 4 * k: 35 + 4 * k] = value
     return block
+
+
+def _aux_targets(outputs: tuple[str, ...]) -> tuple[str, ...]:
+    """The aux targets drawn for `outputs`: those asked for, and for a mask alone the depth."""
+    targets = [name for name in _AUX_TARGETS if name in outputs]
+    if "mask" in outputs and "depth" not in targets and "parts" not in targets:
+        targets.insert(0, "depth")
+    return tuple(targets)
 
 
 def _split_samples(samples: int, max_msaa: int) -> tuple[int, tuple[int, int]]:

@@ -84,6 +84,35 @@ def test_silhouette_matches_polygon_fill(kind):
         assert truth.sum() > 500 and iou >= 0.98, (b, iou)
 
 
+@pytest.mark.parametrize("kind", ["weak", "perspective"])
+@pytest.mark.parametrize("samples", [1, 8])
+def test_image_shows_the_mesh_exactly_where_the_mask_does(kind, samples):
+    """The image is resolved only inside a box around each projected mesh: nothing of the mesh may fall outside
+    it, also for meshes cut by the image border or reaching behind a perspective camera."""
+    verts, faces, world, weak, persp = cameras(3)
+    if kind == "weak":
+        batch, cam = world, weak._replace(cam=weak.cam.copy())
+        cam.cam[0, 1:] = [0.9, -0.8]  # half out of the image, at a corner
+    else:
+        batch, cam = np.broadcast_to(verts, (3, *verts.shape)).copy(), persp._replace(R=persp.R.copy(),
+                                                                                      t=persp.t.copy())
+        cam.t[1] = [1.5, 0.0, 3.0]  # cut by the right border
+        batch[2] *= np.array([1.0, 0.2, 1.5], np.float32)  # a slab below the camera, reaching behind it
+        cam.R[2], cam.t[2] = np.eye(3), [0.0, 0.35, 1.2]
+    blue = np.array([0.0, 0.0, 1.0])
+    out = Renderer(faces, (H, W), samples=samples).render(batch, cam, background=blue, outputs=("image", "mask"))
+    shown = (out["image"] != np.array([0, 0, 255], np.uint8)).any(axis=-1)
+    assert out["mask"].any(axis=(1, 2)).all()
+    if samples == 1:  # the same pixel centres as the mask
+        np.testing.assert_array_equal(shown, out["mask"])
+    else:  # antialiased edges reach at most a pixel beyond the centres covered
+        assert (shown | ~out["mask"]).all()
+        grown = out["mask"].copy()
+        for axis in (1, 2):
+            grown |= np.roll(out["mask"], 1, axis) | np.roll(out["mask"], -1, axis)
+        assert not (shown & ~grown).any()
+
+
 def _index(cam, b):
     """One sample b (or a slice) of a batch of cameras."""
     pick = b if isinstance(b, slice) else slice(b, b + 1)
