@@ -263,7 +263,8 @@ def fit_keypoints_2d(model, keypoints: torch.Tensor, certainty: torch.Tensor | N
     index, n_betas = _beta_index(subject_ids, B)
     # the same keypoints, far fewer vertices: 40, or those the silhouette term needs
     use_masks = silhouettes is not None and config.silhouette_weight > 0
-    small, _ = vertex_subset_model(model, config.silhouette_vertices if use_masks else _KEYPOINT_MODEL_VERTICES)
+    n_vertices = min(config.silhouette_vertices, len(model.v_template)) if use_masks else _KEYPOINT_MODEL_VERTICES
+    small, _ = vertex_subset_model(model, n_vertices)
     silhouettes = silhouettes if use_masks else None
     record: list[dict] = []
     if init is not None:
@@ -280,7 +281,7 @@ def fit_keypoints_2d(model, keypoints: torch.Tensor, certainty: torch.Tensor | N
         local, _ = solver.solve(problem, local, betas, config.pose_iters, _free("pose"), False, config.optimizer,
                                 config.lr, config.history_size, config.tolerance, record, "pose", log)
         with torch.no_grad():
-            blocks, _ = problem.residuals(local, betas[many])
+            blocks, _ = problem.evaluate(local, betas[many])
             cost = torch.cat(list(blocks.values()), 1).square().sum(1)
         best = cost.reshape(starts, B).argmin(0) * B + torch.arange(B)
         local, betas, config = local[best], betas[:n_betas], replace(config, pose_iters=0)
@@ -362,23 +363,27 @@ def _free(stage: str) -> torch.Tensor:
 
 def _problem_2d(small, model, keypoints, certainty, index, n_betas, config, silhouettes=None) -> solver.Problem:
     """Keypoint (and silhouette) residuals computed by `small` (a vertex subset of `model` with the same
-    keypoints). The silhouette block is sqrt(weight · silhouette_loss), one number per image."""
+    keypoints). The silhouette block is sqrt(weight · silhouette_loss), one number per image, differentiated in
+    reverse mode (torch has no forward mode for grid_sample and cdist)."""
     weights = (certainty / certainty.sum(1, keepdim=True)).sqrt()[..., None]  # (B, 21, 1)
 
     def residuals(loc, betas_rows):
         out = small(betas=betas_rows, hand_pose=loc[:, 3:48], global_orient=loc[:, :3])
         cam = _cam(loc[:, _RIGID])
         diff = (weak_perspective(out.keypoints, cam) - keypoints) / _KP_UNIT
-        blocks = {"data": (diff * weights).flatten(1)}
-        if silhouettes is not None:
-            loss = silhouette_loss(weak_perspective(out.vertices, cam), silhouettes.mask_dist, silhouettes.mask_points)
-            # sqrt has no slope at 0; the loss only reaches 0 when mask points and vertices coincide
-            blocks["silhouette"] = (config.silhouette_weight * loss * silhouettes.has_mask).clamp_min(1e-12).sqrt()
-            blocks["silhouette"] = blocks["silhouette"][:, None]
-        blocks.update(prior_residuals(loc[:, 3:48], betas_rows, model, config))
+        blocks = {"data": (diff * weights).flatten(1), **prior_residuals(loc[:, 3:48], betas_rows, model, config)}
         return blocks, {**_parameters(loc, betas_rows), "cam": cam,
                         "error": diff.detach().norm(dim=-1).mean(-1) * _KP_UNIT}
-    return solver.Problem(residuals, index, n_betas, "forward" if silhouettes is None else "reverse")
+
+    def silhouette(loc, betas_rows):
+        verts = small(betas=betas_rows, hand_pose=loc[:, 3:48], global_orient=loc[:, :3]).vertices
+        loss = silhouette_loss(weak_perspective(verts, _cam(loc[:, _RIGID])), silhouettes.mask_dist,
+                               silhouettes.mask_points)
+        # sqrt has no slope at 0; the loss only reaches 0 where every mask point is a vertex. One residual per image
+        # is all the training's loss gives: LM then converges slowly (tests/test_fitting.py measures it); a residual
+        # per vertex and mask point would need that loss split into its distances
+        return {"silhouette": (config.silhouette_weight * loss * silhouettes.has_mask).clamp_min(1e-12).sqrt()[:, None]}
+    return solver.Problem(residuals, index, n_betas, None if silhouettes is None else silhouette)
 
 
 def _parameters(loc: torch.Tensor, betas_rows: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -2,14 +2,15 @@
 
 Per photo: read it, find the hand's 21 keypoints (a keypoint detector, or our network), settle its side, mirror a
 left hand into a right one (one model and one shape β for both hands of a person), crop a square around it.
-For all photos at once: fit θ per photo and one β shared by all photos to the keypoints with the priors (the fit
-starts from six orientations: handlib.fitting takes no start from the network yet, so the trained network serves
-as a keypoint detector only), project the photos into the common UV atlas, and write the files. A photo that fails is named with its problem and left out; the others still give a result.
+With a trained network, predict θ, β and the camera on each crop: the fit's start (else it starts from six
+orientations). For all photos at once: fit θ per photo and one β shared by all photos to the keypoints, and to
+the hand's mask where one is given, with the priors; project the photos into the common UV atlas, and write the
+files. A photo that fails is named with its problem and left out; the others still give a result.
 The same input gives the same files.
 """
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,15 +23,18 @@ from handlib.io import atomic_path
 from handlib.keypoints import Detection, Detector
 from handlib.model import HandModel, find_mano
 from handlib.render import Renderer, WeakPerspective
-from handlib.rotations import mirror_axis_angle
+from handlib.rotations import matrix_to_axis_angle, mirror_axis_angle
 
 MIN_PHOTO_SIDE = 64   # pixels on the photo's short side
 MIN_HAND_SIDE = 32    # pixels: the detected keypoints' box
 MIN_KEYPOINTS = 6     # keypoints with certainty > 0 needed to fit
 CROP_BORDER = 0.3     # the crop is (1 + border) times the keypoint box's longer side
 TEXTURE_SIZE = 512
+MASK_SIZE = 64        # pixels of the mask's distance map over the crop
+MASK_POINTS = 256     # points of the mask that the fitted mesh must cover
+SILHOUETTE_WEIGHT = 100.0  # weight of the silhouette term where a photo has a mask (measured in notebook 06)
 FIT = fitting.FitConfig(pose_iters=10, shape_iters=5, both_iters=20, beta_weight=0.5, pose_prior_weight=0.01,
-                        joint_limit_weight=10.0)
+                        joint_limit_weight=10.0, silhouette_weight=SILHOUETTE_WEIGHT)
 
 
 class PhotoError(ValueError):
@@ -47,6 +51,7 @@ class Photo:
     keypoints: np.ndarray  # (21, 3) x, y pixels in `image`, certainty
     box: np.ndarray        # (3,) x0, y0, size: the square crop around the hand, pixels in `image`
     detector: str
+    mask: np.ndarray | None = None  # (H, W) bool: the hand's pixels in `image`, when known
 
     @property
     def keypoints_crop(self) -> np.ndarray:
@@ -107,10 +112,29 @@ def crop_box(keypoints: np.ndarray, border: float = CROP_BORDER) -> np.ndarray:
     return np.array([*((lo + hi) / 2 - size / 2 + 0.5), size])
 
 
-def prepare_photo(path: str | os.PathLike, detector: Detector, side: str | None = None) -> Photo:
-    """Read, detect, settle the side and mirror one photo; a PhotoError naming it when it cannot be used."""
+def read_mask(path: str | os.PathLike, photo: Path, shape: tuple[int, int]) -> np.ndarray:
+    """The hand's mask (H, W) bool from an image file (nonzero on the hand) of the photo's size; a PhotoError
+    naming the photo when it cannot be read, is empty or has another size."""
+    try:
+        mask = read_photo(path)
+    except PhotoError as err:
+        raise PhotoError(f"{photo}: its mask cannot be used: {err}") from None
+    if mask.shape[:2] != shape:
+        raise PhotoError(f"{photo}: its mask {path} is {mask.shape[1]}x{mask.shape[0]} pixels, the photo "
+                         f"{shape[1]}x{shape[0]}")
+    mask = mask.max(axis=2) > 127
+    if not mask.any():
+        raise PhotoError(f"{photo}: its mask {path} marks no pixel (white on the hand expected)")
+    return mask
+
+
+def prepare_photo(path: str | os.PathLike, detector: Detector, side: str | None = None,
+                  mask: str | os.PathLike | None = None) -> Photo:
+    """Read, detect, settle the side and mirror one photo (and its mask file, if given); a PhotoError naming it
+    when it cannot be used."""
     path = Path(path)
     image = read_photo(path)
+    hand = None if mask is None else read_mask(mask, path, image.shape[:2])
     try:
         detection = detector.detect(path, side)
     except (OSError, ValueError) as err:
@@ -130,16 +154,55 @@ def prepare_photo(path: str | os.PathLike, detector: Detector, side: str | None 
     if mirrored:  # a left hand seen in a mirror is a right hand: one model and one β for both hands
         image = np.ascontiguousarray(image[:, ::-1])
         keypoints[:, 0] = image.shape[1] - 1 - keypoints[:, 0]
-    return Photo(path, image, side, mirrored, keypoints, crop_box(keypoints), detector.name)
+        hand = None if hand is None else np.ascontiguousarray(hand[:, ::-1])
+    return Photo(path, image, side, mirrored, keypoints, crop_box(keypoints), detector.name, hand)
 
 
-def fit_photos(model: HandModel, photos: list[Photo], config: fitting.FitConfig = FIT) -> fitting.HandFit:
-    """Fit all photos' keypoints at once with one β shared by all of them (right-hand model, mirrored frame)."""
-    keypoints = torch.as_tensor(np.stack([p.keypoints_crop for p in photos]))
-    certainty = torch.as_tensor(np.stack([p.keypoints[:, 2] for p in photos]))
+def crop_affine(box: np.ndarray, size: int) -> np.ndarray:
+    """The affine (2, 3) from photo pixels to the pixels of a (size, size) crop of `box`, so that crop and box
+    share the [-1, 1] frame: u = (x - x0 + 0.5) · size / box_size - 0.5."""
+    scale = size / box[2]
+    return np.array([[scale, 0, (0.5 - box[0]) * scale - 0.5], [0, scale, (0.5 - box[1]) * scale - 0.5]])
+
+
+def crop_mask(photo: Photo, size: int = MASK_SIZE) -> np.ndarray | None:
+    """The photo's mask over its crop box (size, size) bool, None when it has no mask (beyond the photo: not hand)."""
+    from handlib.loader import warp
+
+    if photo.mask is None:
+        return None
+    return warp(photo.mask.astype(np.uint8) * 255, crop_affine(photo.box, size), size) > 127
+
+
+def fit_photos(model: HandModel, photos: list[Photo], config: fitting.FitConfig = FIT,
+               start: fitting.HandFit | None = None) -> fitting.HandFit:
+    """Fit all photos' keypoints (and masks, where given) at once with one β shared by all of them (right-hand
+    model, mirrored frame), from `start` (one row per photo, e.g. `NetworkPredictor.start`) or six orientations."""
+    dtype = model.v_template.dtype
+    keypoints = torch.as_tensor(np.stack([p.keypoints_crop for p in photos])).to(dtype)
+    certainty = torch.as_tensor(np.stack([p.keypoints[:, 2] for p in photos])).to(dtype)
     shared = torch.zeros(len(photos), dtype=torch.long)
-    return fitting.fit_keypoints_2d(model, keypoints.to(model.v_template.dtype), certainty.to(model.v_template.dtype),
-                                    config, subject_ids=shared)
+    masks = [crop_mask(p) for p in photos]
+    silhouettes = fitting.Silhouettes.from_masks(masks, MASK_POINTS) if any(m is not None for m in masks) else None
+    return fitting.fit_keypoints_2d(model, keypoints, certainty, config, subject_ids=shared, init=start,
+                                    silhouettes=silhouettes)
+
+
+def fit_variants(model: HandModel, photos: list[Photo], config: fitting.FitConfig = FIT,
+                 network: "NetworkPredictor | None" = None) -> dict[str, np.ndarray]:
+    """The shared β (10,) of one person's photos by each way of getting it, to compare them: the network alone
+    (the mean of its per-photo β), the keypoint fit from six orientations, from the network's prediction, and
+    from it with the silhouette term too (photos with masks). Variants that need what is missing are left out."""
+    no_masks = [replace(p, mask=None) for p in photos]
+    keypoints_only = replace(config, silhouette_weight=0.0)
+    out = {"six starts": fit_photos(model, no_masks, keypoints_only).betas[0]}
+    if network is not None:
+        start = network.start(photos)
+        out["network alone"] = start.betas.mean(0)
+        out["seeded by the network"] = fit_photos(model, no_masks, keypoints_only, start).betas[0]
+        if any(p.mask is not None for p in photos) and config.silhouette_weight > 0:
+            out["seeded + silhouette"] = fit_photos(model, photos, config, start).betas[0]
+    return {k: v.detach().double().numpy() for k, v in out.items()}
 
 
 def canvas_camera(cam: np.ndarray, box: np.ndarray, canvas: int) -> np.ndarray:
@@ -264,22 +327,25 @@ def model_name(side: str = "right") -> str:
 
 def personalize(photos: list[str | os.PathLike], out_dir: str | os.PathLike, detector: Detector,
                 sides: list[str | None] | None = None, models: dict[str, HandModel] | None = None,
-                config: fitting.FitConfig = FIT, texture_size: int = TEXTURE_SIZE, log=print) -> Result:
+                config: fitting.FitConfig = FIT, texture_size: int = TEXTURE_SIZE, log=print,
+                network: "NetworkPredictor | None" = None, masks: list | None = None) -> Result:
     """Photos of one person's hand (any sides, any sizes) -> the person's hand model in `out_dir`.
 
     sides: per photo "right", "left" or None (the detector decides). models: {"right", "left"} HandModels
-    (default `HandModel.default`, in float64). Files: hand_right.glb / hand_left.glb (skeleton, skin weights,
-    texture, one animation key per photo), hand_right.obj (+ .mtl, .png), texture.png, parameters.json and
-    fit_NN_<photo>.png per photo. Raises PhotoError when no photo can be used.
+    (default `HandModel.default`, in float64). network: its prediction on each crop starts the fit (else six
+    orientations). masks: per photo an image file, white on the hand (or None), for the silhouette term.
+    Files: hand_right.glb / hand_left.glb (skeleton, skin weights, texture, one animation key per photo),
+    hand_right.obj (+ .mtl, .png), texture.png, parameters.json and fit_NN_<photo>.png per photo. Raises PhotoError when no photo can be used.
     """
     out_dir = Path(out_dir)
     sides = [None] * len(photos) if sides is None else list(sides)
-    if len(sides) != len(photos):
-        raise ValueError(f"{len(photos)} photos but {len(sides)} sides")
+    masks = [None] * len(photos) if masks is None else list(masks)
+    if len(sides) != len(photos) or len(masks) != len(photos):
+        raise ValueError(f"{len(photos)} photos but {len(sides)} sides and {len(masks)} masks")
     usable, problems = [], {}
-    for path, side in zip(photos, sides):
+    for path, side, mask in zip(photos, sides, masks):
         try:
-            usable.append(prepare_photo(path, detector, side))
+            usable.append(prepare_photo(path, detector, side, mask))
         except PhotoError as err:
             problems[str(path)] = str(err)
             log(f"left out: {err}")
@@ -289,7 +355,7 @@ def personalize(photos: list[str | os.PathLike], out_dir: str | os.PathLike, det
         models = {s: HandModel.default(s).double() for s in ("right", "left")}
     model = models["right"]
 
-    fit = fit_photos(model, usable, config)
+    fit = fit_photos(model, usable, config, None if network is None else network.start(usable))
     betas = fit.betas[0].detach().double().numpy()
     vertices = fit.vertices.detach().double().numpy()
     cams = np.stack([canvas_camera(c, p.box, _canvas(p)) for c, p in zip(fit.cam.double().numpy(), usable)])
@@ -320,12 +386,13 @@ def personalize(photos: list[str | os.PathLike], out_dir: str | os.PathLike, det
         _save_png(name, picture)
         files.append(name)
 
-    export.write_json(out_dir / "parameters.json", _parameters(model, usable, fit, fitted_px, betas, problems))
+    start = "network prediction" if network is not None else "six orientations"
+    export.write_json(out_dir / "parameters.json", _parameters(model, usable, fit, fitted_px, betas, problems, start))
     files.append(out_dir / "parameters.json")
     return Result(out_dir, betas, usable, fit, problems, files)
 
 
-def _parameters(model, photos, fit, fitted_px, betas, problems) -> dict:
+def _parameters(model, photos, fit, fitted_px, betas, problems, start) -> dict:
     entries = []
     for i, (photo, px) in enumerate(zip(photos, fitted_px)):
         orient = fit.global_orient[i].detach().double()
@@ -343,14 +410,55 @@ def _parameters(model, photos, fit, fitted_px, betas, problems) -> dict:
             "file": photo.path.name, "side": photo.side, "detector": photo.detector,
             "global_orient": orient, "hand_pose": hand_pose,
             "camera": {"weak_perspective": cam, "crop_box_px": box, "image_size": [w, h]},
-            "keypoint_error_px": float(error),
+            "keypoint_error_px": float(error), "mask": photo.mask is not None,
         })
     return {
         "model": model_name(), "flat_hand_mean": model.flat_hand_mean,
         "pose_convention": "axis-angle; hand_pose is relative to the model's mean pose unless flat_hand_mean; "
                            "weak perspective (s, tx, ty) maps the posed model to [-1, 1] over the crop box",
-        "betas": betas, "photos": entries, "left_out": problems,
+        "betas": betas, "fit_start": start, "photos": entries, "left_out": problems,
     }
+
+
+class NetworkPredictor:
+    """Our trained network on square crops of photos: θ, β and the camera over each crop."""
+
+    def __init__(self, net, image_size: int):
+        self.net, self.size = net.eval(), image_size
+
+    @classmethod
+    def load(cls, run_dir: str | os.PathLike) -> "NetworkPredictor":
+        """The network of a training run folder (handlib.train), at the image size it was trained at."""
+        from handlib.evaluate import config_of
+        from handlib.train import load_network
+        return cls(load_network(run_dir), config_of(run_dir)["image_size"])
+
+    def crop(self, image: np.ndarray, box: np.ndarray) -> torch.Tensor:
+        """The network's input (3, size, size) in [-1, 1]: the crop `box` of `image` (H, W, 3) uint8."""
+        from handlib.loader import warp
+
+        h, w = image.shape[:2]
+        # a box beyond the photo gets the photo's edge colours (the warp alone would fill it black)
+        pad = int(np.ceil(max(0.0, -box[0], -box[1], box[0] + box[2] - w, box[1] + box[2] - h))) + 1
+        image = np.pad(image, ((pad, pad), (pad, pad), (0, 0)), mode="edge")
+        crop = warp(image, crop_affine(np.array([box[0] + pad, box[1] + pad, box[2]]), self.size), self.size)
+        return torch.tensor(crop, dtype=torch.float32).permute(2, 0, 1) / 127.5 - 1
+
+    @torch.no_grad()
+    def predict(self, images: list[np.ndarray], boxes: list[np.ndarray], sides: list[str]):
+        """The last IEF iteration's handlib.network.HandPrediction for each image's crop, in one batch."""
+        crops = torch.stack([self.crop(im, box) for im, box in zip(images, boxes)])
+        return self.net(crops, torch.tensor([("right", "left").index(s) for s in sides]))[-1]
+
+    def start(self, photos: list[Photo]) -> fitting.HandFit:
+        """The fit's start on each photo's crop (float64): photos are right hands (left ones mirrored), so the
+        network sees them as right hands."""
+        pred = self.predict([p.image for p in photos], [p.box for p in photos], ["right"] * len(photos))
+        cam = pred.cam.double()
+        # the scale must stay positive for the fit (it is optimised as log s): a flipped prediction keeps its size
+        cam = torch.cat([cam[:, :1].abs().clamp_min(1e-3), cam[:, 1:]], 1)
+        return fitting.HandFit(matrix_to_axis_angle(pred.global_rotmat).double(), pred.hand_pose.double(),
+                               pred.betas.double(), cam.new_zeros(len(photos), 3), cam=cam)
 
 
 class NetworkDetector:
@@ -359,7 +467,7 @@ class NetworkDetector:
     name = "network"
 
     def __init__(self, net, image_size: int, border: float = CROP_BORDER):
-        self.net, self.size, self.border = net.eval(), image_size, border
+        self.predictor, self.border = NetworkPredictor(net, image_size), border
 
     def detect(self, path: Path, side: str | None = None) -> Detection | None:
         if side is None:
@@ -372,22 +480,11 @@ class NetworkDetector:
             box = crop_box(np.c_[xy, np.ones(21)], self.border)
         return Detection(np.c_[xy, np.ones(21)], None, 1.0)
 
-    @torch.no_grad()
-    def predict(self, image: np.ndarray, box: np.ndarray, side: str):
+    def predict(self, image: np.ndarray, box: np.ndarray, side: str) -> np.ndarray:
         """Keypoints (21, 2) in photo pixels predicted from the crop `box` of `image`."""
-        from handlib.loader import warp
-
-        h, w = image.shape[:2]
-        # a box beyond the photo gets the photo's edge colours (the warp alone would fill it black)
-        pad = int(np.ceil(max(0.0, -box[0], -box[1], box[0] + box[2] - w, box[1] + box[2] - h))) + 1
-        image = np.pad(image, ((pad, pad), (pad, pad), (0, 0)), mode="edge")
-        scale = self.size / box[2]
-        x0, y0 = box[0] + pad, box[1] + pad
-        affine = np.array([[scale, 0, (0.5 - x0) * scale - 0.5], [0, scale, (0.5 - y0) * scale - 0.5]])
-        crop = torch.tensor(warp(image, affine, self.size), dtype=torch.float32).permute(2, 0, 1) / 127.5 - 1
-        pred = self.net(crop[None], torch.tensor([("right", "left").index(side)]))[-1]
-        xy = camera.normalized_to_pixels(pred.keypoints2d[0].double(), self.size, self.size).numpy()
-        return (xy + 0.5) / scale - 0.5 + box[:2]
+        pred = self.predictor.predict([image], [box], [side])
+        xy = camera.normalized_to_pixels(pred.keypoints2d[0].double(), box[2], box[2]).numpy()
+        return xy + box[:2]
 
 
 def make_detector(spec: str) -> Detector:
@@ -396,9 +493,8 @@ def make_detector(spec: str) -> Detector:
 
     name, _, arg = spec.partition(":")
     if name == "network":
-        from handlib.evaluate import config_of
-        from handlib.train import load_network
-        return NetworkDetector(load_network(arg), config_of(arg)["image_size"])
+        predictor = NetworkPredictor.load(arg)
+        return NetworkDetector(predictor.net, predictor.size)
     return keypoints.make_detector(name, arg or None)
 
 
@@ -409,6 +505,9 @@ def add_arguments(parser) -> None:
                                         "one value applies to all photos")
     parser.add_argument("--detector", default="mediapipe",
                         help="mediapipe, openpose:<json folder>, or network:<training run folder>")
+    parser.add_argument("--network", help="training run folder: its prediction on each crop starts the fit")
+    parser.add_argument("--masks", help="comma-separated mask image per photo (white on the hand; empty: none), "
+                                        "for the silhouette term")
     parser.add_argument("--texture-size", type=int, default=TEXTURE_SIZE)
 
 
@@ -417,11 +516,13 @@ def main(args) -> None:
     if args.sides:
         given = [None if s.strip() == "auto" else s.strip() for s in args.sides.split(",")]
         sides = given * len(args.photos) if len(given) == 1 else given
+    masks = [m.strip() or None for m in args.masks.split(",")] if args.masks else None
     torch.manual_seed(0)
     try:
+        network = NetworkPredictor.load(args.network) if args.network else None
         result = personalize(args.photos, args.out, make_detector(args.detector), sides,
-                             texture_size=args.texture_size)
-    except (PhotoError, ValueError) as err:
+                             texture_size=args.texture_size, network=network, masks=masks)
+    except (PhotoError, ValueError, FileNotFoundError) as err:
         raise SystemExit(f"personalize: {err}") from None
     print(f"shape β = {np.array2string(result.betas, precision=2)} from {len(result.photos)} photo(s)")
     for path in result.files:

@@ -4,10 +4,10 @@ Row b of a batch has its own parameters `local[b]` (L,) and uses the shared para
 (a subject's β); rows with the same index form one problem. The residuals of all rows come from one batched
 call. Three methods:
   "lm":    Levenberg-Marquardt with a damping per problem; the Jacobian comes from forward-mode autodiff (one
-           jvp per free parameter column, for all rows at once), or reverse mode (one vjp per residual of a row,
-           for all rows at once) for residuals made of operations torch has no forward mode for (grid_sample,
-           cdist); the shared block is solved by the Schur complement, as in bundle adjustment, so a problem's
-           cost grows linearly with its rows;
+           jvp per free parameter column, for all rows at once; a few residuals made of operations torch has no
+           forward mode for, such as grid_sample and cdist, by reverse mode: one vjp per residual column) and the
+           shared block is solved by the Schur complement, as in bundle adjustment, so a problem's cost grows
+           linearly with its rows;
   "lbfgs": torch's L-BFGS on the summed cost (one line search for the whole batch);
   "adam":  Adam on the summed cost with the learning rate decayed 100x over the stage.
 """
@@ -29,16 +29,18 @@ _ATOL, _LAMBDA_DONE = 1e-9, 1e6
 class Problem:
     """residuals(local (B, L), shared_rows (B, K)) -> (named residual blocks (B, n_i), shown); the cost of a row
     is the sum of squares of its blocks. `shown` holds (B, ...) tensors for the log: 'error' (B,) goes into the
-    record, the rest (the model's parameters) to the log's pictures. Row b's residuals may depend on row b's
-    parameters only. jacobian: how LM differentiates them, "forward" or "reverse" mode."""
+    record, the rest (the model's parameters) to the log's pictures. `reverse(local, shared_rows)` gives more
+    blocks, which LM differentiates in reverse mode (keep them to a few columns). Row b's residuals may depend
+    on row b's parameters only."""
     residuals: Callable[[torch.Tensor, torch.Tensor], tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]]
     index: torch.Tensor  # (B,) row of `shared` used by each row
     n_shared: int
-    jacobian: str = "forward"
+    reverse: Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]] | None = None
 
-    def __post_init__(self):
-        if self.jacobian not in ("forward", "reverse"):
-            raise ValueError(f"jacobian must be 'forward' or 'reverse', got {self.jacobian!r}")
+    def evaluate(self, local: torch.Tensor, shared_rows: torch.Tensor):
+        """All residual blocks (forward ones first) and what is shown."""
+        blocks, shown = self.residuals(local, shared_rows)
+        return ({**blocks, **self.reverse(local, shared_rows)} if self.reverse else blocks), shown
 
 
 def solve(problem: Problem, local: torch.Tensor, shared: torch.Tensor, iters: int, free_local: torch.Tensor,
@@ -87,10 +89,13 @@ def _levenberg_marquardt(problem, local, shared, iters, free_local, free_shared,
     def residual_vector(loc, sh_rows):
         return _stack(problem.residuals(loc, sh_rows)[0])
 
+    def reverse_vector(loc, sh_rows):
+        return _stack(problem.reverse(loc, sh_rows))
+
     def per_problem(x_rows):  # (B, ...) summed into (S, ...)
         return x_rows.new_zeros((S, *x_rows.shape[1:])).index_add_(0, index, x_rows)
 
-    blocks, shown = problem.residuals(local, shared[index])
+    blocks, shown = problem.evaluate(local, shared[index])
     note(blocks, shown)
     cost = per_problem(_stack(blocks).square().sum(1).double())
     floor = _ATOL * cost
@@ -98,8 +103,11 @@ def _levenberg_marquardt(problem, local, shared, iters, free_local, free_shared,
     for _ in range(iters):
         if done.all():
             break
-        jacobian = _jacobian if problem.jacobian == "forward" else _jacobian_reverse
-        r, J_l, J_s = jacobian(residual_vector, local, shared[index], cols, free_shared)
+        r, J_l, J_s = _jacobian(residual_vector, local, shared[index], cols, free_shared)
+        if problem.reverse is not None:
+            more = _jacobian_reverse(reverse_vector, local, shared[index], cols, free_shared)
+            r, J_l = torch.cat([r, more[0]], 1), torch.cat([J_l, more[1]], 1)
+            J_s = torch.cat([J_s, more[2]], 1) if free_shared else None
         r, J_l = r.double(), J_l.double()
         A = J_l.transpose(1, 2) @ J_l                             # (B, nl, nl)
         g_l = (J_l.transpose(1, 2) @ r[..., None])[..., 0]        # (B, nl)
@@ -125,7 +133,7 @@ def _levenberg_marquardt(problem, local, shared, iters, free_local, free_shared,
         predicted = cost - per_problem((r + step).square().sum(1))  # the decrease the linear model expects
         trial_local, trial_shared = local + d_local.to(local), shared + d_shared.to(shared)
         with torch.no_grad():
-            trial_blocks, trial_shown = problem.residuals(trial_local, trial_shared[index])
+            trial_blocks, trial_shown = problem.evaluate(trial_local, trial_shared[index])
         trial_cost = per_problem(_stack(trial_blocks).square().sum(1).double())
         better = trial_cost < cost
         done = ((predicted <= tolerance * cost) & (lam <= 1)) | (cost <= floor) | (lam >= _LAMBDA_DONE)
@@ -192,7 +200,7 @@ def _torch_optimizer(problem, local, shared, iters, free_local, free_shared, met
     params = [local] + ([shared] if free_shared else [])
 
     def evaluate():
-        blocks, shown = problem.residuals(local, shared[index])
+        blocks, shown = problem.evaluate(local, shared[index])
         note(blocks, shown)
         return _stack(blocks).square().sum()
 

@@ -66,8 +66,10 @@ def test_vertex_subset_model_is_the_full_model_on_its_vertices(toy):
         fitting.vertex_subset_model(toy, 20)
 
 
-def test_levenberg_marquardt_with_shared_parameters_matches_scipy():
-    """Rows fit y = c·exp(a·x) + d with (a, c) their own and d shared per group; scipy solves the flat problem."""
+@pytest.mark.parametrize("tie", ["forward", "reverse"])
+def test_levenberg_marquardt_with_shared_parameters_matches_scipy(tie):
+    """Rows fit y = c·exp(a·x) + d with (a, c) their own and d shared per group; scipy solves the flat problem.
+    The tie block is differentiated in forward or in reverse mode."""
     g = torch.Generator().manual_seed(4)
     index = torch.tensor([0, 0, 1, 1, 1, 2])
     x = torch.linspace(0, 1, 9, dtype=torch.float64)
@@ -77,15 +79,19 @@ def test_levenberg_marquardt_with_shared_parameters_matches_scipy():
 
     def residuals(local, shared_rows):
         pred = local[:, 1:2] * torch.exp(local[:, :1] * x) + shared_rows
-        return {"data": pred - y, "tie": 0.1 * local}, {"error": (pred - y).abs().mean(1)}
+        blocks = {"data": pred - y, **({"tie": 0.1 * local + 0.05 * shared_rows} if tie == "forward" else {})}
+        return blocks, {"error": (pred - y).abs().mean(1)}
 
-    problem = solver.Problem(residuals, index, 3)
+    def reverse(local, shared_rows):
+        return {"tie": 0.1 * local + 0.05 * shared_rows}
+
+    problem = solver.Problem(residuals, index, 3, reverse if tie == "reverse" else None)
     local, shared = solver.solve(problem, torch.ones(6, 2, dtype=torch.float64), torch.zeros(3, 1, dtype=torch.float64),
                                  50, torch.ones(2, dtype=torch.bool), True, tolerance=1e-14)
 
     def flat(p):
         loc, sh = torch.as_tensor(p[:12]).view(6, 2), torch.as_tensor(p[12:]).view(3, 1)
-        blocks, _ = residuals(loc, sh[index])
+        blocks, _ = problem.evaluate(loc, sh[index])
         return torch.cat([b.flatten() for b in blocks.values()]).numpy()
     ref = scipy.optimize.least_squares(flat, np.concatenate([np.ones(12), np.zeros(3)]), xtol=1e-14, ftol=1e-14).x
     np.testing.assert_allclose(local.flatten().numpy(), ref[:12], atol=1e-6)
@@ -245,3 +251,55 @@ def test_a_bad_start_is_refused_with_a_reason(toy):
                           ({"cam": torch.tensor([[5.0, 0, 0], [-1.0, 0, 0]])}, r"scale must be > 0; images \[1\]")]:
         with pytest.raises(ValueError, match=words):
             fitting.fit_keypoints_2d(toy, kp, init=fitting.HandFit(**{**good, **change}))
+
+
+def test_silhouettes_from_masks_against_a_disk():
+    m = 64
+    u = np.arange(m)
+    # a disk of radius 0.5 (in [-1, 1] units) about the centre, in pixel-centre coordinates
+    xy = (u + 0.5) / m * 2 - 1
+    disk = xy[None, :] ** 2 + xy[:, None] ** 2 <= 0.25
+    sil = fitting.Silhouettes.from_masks([disk, None], points=50)
+    assert sil.has_mask.tolist() == [True, False] and sil.mask_dist.shape == (2, 1, m, m)
+    dist = sil.mask_dist[0, 0].numpy()
+    analytic = np.clip(np.hypot(xy[None, :], xy[:, None]) - 0.5, 0, None)
+    outside = ~disk
+    assert np.abs(dist[outside] - analytic[outside]).max() < 2.5 / m  # the transform measures to pixel centres
+    assert (dist[disk] == 0).all()
+    assert (sil.mask_points[0].norm(dim=-1) <= 0.5 + 1e-9).all() and len(sil.mask_points[0].unique(dim=0)) == 50
+    with pytest.raises(ValueError, match="square and of one size"):
+        fitting.Silhouettes.from_masks([disk, disk[:10]])
+
+
+def _render_masks(model, fit, size=64):
+    from handlib.render import Renderer, WeakPerspective
+
+    renderer = Renderer(model.faces.numpy(), size, samples=1)
+    masks = renderer.render(fit.vertices.double().numpy(), WeakPerspective(fit.cam.double().numpy()),
+                            outputs=("mask",))["mask"]
+    renderer.release()
+    return list(masks)
+
+
+def test_the_silhouette_term_pulls_the_mesh_towards_the_mask(builtin):
+    """The keypoints say the hand is 20% smaller than its masks show, which is where the fit starts: the
+    silhouette term must pull the scale towards the masks' (only part way: one residual per image converges
+    slowly under LM, see fitting.py), and without it the fit stays."""
+    _, truth, _ = _views_of_one_hand(builtin, B=2)
+    with torch.no_grad():
+        truth.vertices = builtin(betas=truth.betas, hand_pose=truth.hand_pose,
+                                 global_orient=truth.global_orient).vertices
+    truth.cam = truth.cam * torch.tensor([0.2, 1.0, 1.0])  # the hand fills ~a third of the 64 px masks
+    sil = fitting.Silhouettes.from_masks(_render_masks(builtin, truth), points=128)
+    start = fitting.HandFit(truth.global_orient, truth.hand_pose, truth.betas, truth.transl,
+                            cam=truth.cam * torch.tensor([0.8, 1.0, 1.0]))
+    with torch.no_grad():
+        kp = camera.weak_perspective(builtin(betas=truth.betas, hand_pose=truth.hand_pose,
+                                             global_orient=truth.global_orient).keypoints, start.cam)
+    config = fitting.FitConfig(pose_iters=0, shape_iters=40, both_iters=0, beta_weight=1.0, silhouette_weight=1e4)
+    fit = fitting.fit_keypoints_2d(builtin, kp, None, config, init=start, silhouettes=sil)
+    without = fitting.fit_keypoints_2d(builtin, kp, None, config, init=start)
+    scale = fit.cam[:, 0] / truth.cam[:, 0]
+    assert fit.record[-1]["silhouette"] < 0.7 * fit.record[0]["silhouette"]
+    assert (scale > 0.85).all(), scale  # from 0.8
+    assert ((without.cam[:, 0] / truth.cam[:, 0] - 0.8).abs() < 0.03).all()  # β's prior moves it a little

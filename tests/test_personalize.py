@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 import subprocess
@@ -236,3 +237,62 @@ def test_command_names_unusable_photos(tmp_path):
     assert run.returncode != 0
     assert f"{empty}: the file is empty" in run.stderr and f"{tmp_path / 'gone.png'}: no such file" in run.stderr
     assert not (tmp_path / "out").exists()
+
+
+class TruthNet(torch.nn.Module):
+    """A stand-in network that predicts given parameters, and keeps the crops and sides it was shown."""
+
+    def __init__(self, orient, hand_pose, betas, cam):
+        super().__init__()
+        from handlib.model import batch_rodrigues
+        self.answer = (batch_rodrigues(torch.as_tensor(orient)), torch.as_tensor(hand_pose),
+                       torch.as_tensor(betas), torch.as_tensor(cam))
+        self.seen = []
+
+    def forward(self, images, side):
+        self.seen.append((images, side))
+        R, pose, betas, cam = (a[:len(images)] for a in self.answer)
+        return [type("P", (), {"global_rotmat": R, "hand_pose": pose, "betas": betas, "cam": cam})]
+
+
+def test_the_fit_starts_from_the_network_and_uses_masks(tmp_path):
+    """Two photos of a toy hand with a mask each: the network's start (here the truth) keeps the fit at the
+    truth; the mask of a left photo is mirrored with it; the crops shown to the network are right hands."""
+    from toy_hand import toy_params
+
+    model = HandModel(toy_params()).double()
+    rng = np.random.default_rng(3)
+    betas = rng.normal(size=10) * 0.5
+    poses, orients = rng.normal(size=(2, 45)) * 0.1, np.array([[0.2, -0.3, 0.4], [0.1, 0.2, -0.3]])
+    box, cam = np.array([20.0, 30.0, 180.0]), np.array([[7.0, 0.05, -0.1], [6.5, -0.05, 0.0]])
+    answers, masks, photos = {}, [], []
+    for k, side in enumerate(("right", "left")):
+        kp = _keypoints_px(model, betas, poses[k], orients[k], cam[k], box)
+        if side == "left":  # the photo shows the mirror image of the right hand fitted
+            kp[:, 0] = 299 - kp[:, 0]
+        path = _photo(tmp_path / f"p{k}.png", size=300)
+        mask = np.zeros((300, 300), np.uint8)
+        mask[:, :100] = 255  # a mask on the photo's left third
+        Image.fromarray(mask).save(tmp_path / f"m{k}.png")
+        answers[str(path)] = Detection(np.c_[kp, np.ones(21)], side, 0.9)
+        photos.append(personalize.prepare_photo(path, FixedDetector(answers), side, tmp_path / f"m{k}.png"))
+    assert photos[0].mask[:, :100].all() and photos[1].mask[:, 200:].all() and photos[1].mask.sum() == 300 * 100
+    # the camera over each photo's own crop box (the keypoints were made over `box`)
+    ratio = np.array([p.box[2] for p in photos]) / box[2]
+    shift = np.stack([(box[:2] - p.box[:2]) / p.box[2] * 2 for p in photos])
+    cam = np.c_[cam[:, 0] / ratio, (cam[:, 1:] + 1) / ratio[:, None] + shift - 1]
+    net = TruthNet(orients, poses, np.stack([betas, betas]), cam)
+    predictor = personalize.NetworkPredictor(net, 32)
+    start = predictor.start(photos)
+    assert net.seen[0][1].tolist() == [0, 0] and net.seen[0][0].shape == (2, 3, 32, 32)
+    torch.testing.assert_close(start.global_orient, torch.as_tensor(orients), atol=1e-6, rtol=0)
+    config = fitting.FitConfig(pose_iters=5, shape_iters=3, both_iters=5)
+    fit = personalize.fit_photos(model, [dataclasses.replace(p, mask=None) for p in photos], config, start)
+    torch.testing.assert_close(fit.betas[0], torch.as_tensor(betas), atol=1e-3, rtol=0)
+    torch.testing.assert_close(fit.cam, torch.as_tensor(cam), atol=1e-3, rtol=0)
+    variants = personalize.fit_variants(model, photos, dataclasses.replace(config, silhouette_weight=1.0), predictor)
+    assert sorted(variants) == ["network alone", "seeded + silhouette", "seeded by the network", "six starts"]
+    np.testing.assert_allclose(variants["network alone"], betas, atol=1e-6)
+    with pytest.raises(personalize.PhotoError, match=f"{tmp_path / 'p0.png'}: its mask .* 10x10 pixels"):
+        Image.new("L", (10, 10)).save(tmp_path / "small.png")
+        personalize.prepare_photo(tmp_path / "p0.png", FixedDetector(answers), "right", tmp_path / "small.png")
