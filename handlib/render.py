@@ -205,52 +205,52 @@ void main() {
 # aux targets: (components, dtype, clear value, bytes per pixel)
 _AUX_TARGETS = {"depth": (1, "f4", math.inf, 4), "normals": (4, "f2", 0.0, 8), "parts": (1, "f4", -1.0, 4)}
 
-_TILES = """
+# The composite draws one quad per sample twice: over its whole tile the background (RESOLVE 0), then, inside
+# its rect (the box around its projected mesh; transparent outside), the resolved colour pass over the background
+# (RESOLVE 1). Resolving fetches every sample of every pixel, most of this pass's cost, and the box is a third of
+# the image on average; llvmpipe skips no masked-off work in a shader, so the rects are drawn as geometry, and
+# per-sample values come as flat varyings (a storage-buffer read per pixel costs as much as four fetches).
+_COMPOSITE_VS = """#version 450
 struct Tile { ivec4 rect; vec4 background; };  // rect: x0, y0, x1, y1 (exclusive) in the tile's pixels
 layout(std430, binding = 6) readonly buffer Tiles { Tile tiles[]; };
 uniform ivec2 tile_size;
 uniform int columns;
-"""
-
-# The composite is drawn twice: the background over the whole image (RESOLVE 0, one big triangle), then the
-# resolved colour pass composited over it inside each sample's rect (RESOLVE 1, one quad per sample), the box
-# around its projected mesh (transparent outside): resolving fetches every sample of every pixel, most of this
-# pass's cost, and the box is a third of the image on average (llvmpipe skips no masked-off work in a shader,
-# so the rects are drawn as geometry rather than tested per pixel)
-_COMPOSITE_VS = """#version 450
-""" + _TILES + """
 uniform ivec2 target_size;
+uniform bool background_per_sample;
+uniform int first_sample;  // of this chunk, in the batch
+flat out vec3 v_background;
+flat out ivec3 v_origin;  // the tile's first pixel, and the layer of its background image
+
 void main() {
-    vec2 corner = vec2(gl_VertexID % 2, gl_VertexID / 2);
-#if RESOLVE
     int t = gl_InstanceID;
-    vec2 pixel = vec2(t % columns, t / columns) * tile_size + mix(vec2(tiles[t].rect.xy), vec2(tiles[t].rect.zw), corner);
-    gl_Position = vec4(pixel / target_size * 2.0 - 1.0, 0.0, 1.0);
+    ivec2 origin = ivec2(t % columns, t / columns) * tile_size;
+#if RESOLVE
+    vec4 rect = vec4(tiles[t].rect);
 #else
-    gl_Position = vec4(corner * 4.0 - 1.0, 0.0, 1.0);
+    vec4 rect = vec4(0.0, 0.0, tile_size);
 #endif
+    vec2 pixel = origin + mix(rect.xy, rect.zw, vec2(gl_VertexID % 2, gl_VertexID / 2));
+    gl_Position = vec4(pixel / target_size * 2.0 - 1.0, 0.0, 1.0);
+    v_background = tiles[t].background.rgb;
+    v_origin = ivec3(origin, background_per_sample ? first_sample + t : 0);
 }
 """
 
 _COMPOSITE_FS = """#version 450
-// MSAA, SUPERSAMPLE_X and SUPERSAMPLE_Y are defined per renderer: constant loops unroll; RESOLVE per program
+// MSAA, SUPERSAMPLE_X and SUPERSAMPLE_Y are defined per renderer: constant loops unroll; RESOLVE and
+// BACKGROUND_IMAGE per program
 #if MSAA > 1
 uniform sampler2DMS coverage;  // the colour pass (supersampled, multisampled), over its background or transparent
 #else
 uniform sampler2D coverage;  // one sample: a plain texture, rasterised exactly as the other outputs
 #endif
-""" + _TILES + """
-uniform bool background_image;
-uniform bool background_per_sample;
-uniform int first_sample;  // of this chunk, in the batch
 uniform sampler2DArray backgrounds;
+flat in vec3 v_background;
+flat in ivec3 v_origin;
 layout(location = 0) out vec4 f_color;
 
 void main() {
     ivec2 pixel = ivec2(gl_FragCoord.xy);
-    ivec2 tile = pixel / tile_size;
-    int t = tile.y * columns + tile.x;
-    ivec2 local = pixel - tile * tile_size;
     vec4 color = vec4(0.0);  // the colour pass was cleared transparent: the background is composited here
 #if RESOLVE
     for (int y = 0; y < SUPERSAMPLE_Y; ++y)
@@ -259,9 +259,11 @@ void main() {
                 color += texelFetch(coverage, pixel * ivec2(SUPERSAMPLE_X, SUPERSAMPLE_Y) + ivec2(x, y), k);
     color /= float(SUPERSAMPLE_X * SUPERSAMPLE_Y * MSAA);
 #endif
-    vec3 background = tiles[t].background.rgb;
-    if (background_image)
-        background = texelFetch(backgrounds, ivec3(local, background_per_sample ? first_sample + t : 0), 0).rgb;
+#if BACKGROUND_IMAGE
+    vec3 background = texelFetch(backgrounds, ivec3(pixel - v_origin.xy, v_origin.z), 0).rgb;
+#else
+    vec3 background = v_background;
+#endif
     f_color = vec4(color.rgb + (1.0 - color.a) * background, 1.0);  // premultiplied
 }
 """
@@ -348,14 +350,18 @@ class Renderer:
         self._mesh_color = ctx.program(vertex_shader=_MESH_VS, fragment_shader=_COLOR_FS)
         defines = (f"#define MSAA {self.msaa}\n#define SUPERSAMPLE_X {self.supersample[0]}\n"
                    f"#define SUPERSAMPLE_Y {self.supersample[1]}\n")
-        self._composite = [ctx.program(vertex_shader=_COMPOSITE_VS.replace("\n", f"\n#define RESOLVE {k}\n", 1),
-                                       fragment_shader=_COMPOSITE_FS.replace("\n", f"\n{defines}#define RESOLVE {k}\n", 1))
-                           for k in (0, 1)]  # background, then resolve
+        self._composite = {}  # (resolve, background image): program
+        for resolve in (0, 1):
+            for image in (0, 1):
+                flags = f"#define RESOLVE {resolve}\n#define BACKGROUND_IMAGE {image}\n"
+                self._composite[resolve, image] = ctx.program(
+                    vertex_shader=_COMPOSITE_VS.replace("\n", "\n" + flags, 1),
+                    fragment_shader=_COMPOSITE_FS.replace("\n", "\n" + defines + flags, 1))
         self._drawn_index = ctx.buffer(drawn_index.astype(np.int32))
         self._vaos = {self._mesh_color: ctx.vertex_array(self._mesh_color, [], index_buffer=self._drawn_index,
                                                          index_element_size=4)}
         self._aux_programs: dict[tuple[str, ...], moderngl.Program] = {}
-        self._vaos.update({program: ctx.vertex_array(program, []) for program in self._composite})
+        self._vaos.update({program: ctx.vertex_array(program, []) for program in self._composite.values()})
         self._drawn_vertex = ctx.buffer(pairs[:, 0].astype(np.int32))
         self._drawn_uv = ctx.buffer(drawn_uv)
         self._face_part_buffer = ctx.buffer(
@@ -632,16 +638,15 @@ class Renderer:
         if image:
             self._textures["background"].use(2)
         uniforms = {"coverage": 1, "tile_size": (self.width, self.height), "columns": columns,
-                    "target_size": (columns * self.width, rows * self.height), "background_image": image,
+                    "target_size": (columns * self.width, rows * self.height),
                     "background_per_sample": image and self._textures["background"].size[2] > 1,
                     "first_sample": start, "backgrounds": 2}
-        background, resolve = self._composite
-        for program in self._composite:
+        for resolve in (0, 1):
+            program = self._composite[resolve, int(image)]
             for name, value in uniforms.items():
                 if name in program:  # the compiler drops those a program does not use
                     program[name] = value
-        self._vaos[background].render(moderngl.TRIANGLES, vertices=3)
-        self._vaos[resolve].render(moderngl.TRIANGLE_STRIP, vertices=4, instances=stop - start)
+            self._vaos[program].render(moderngl.TRIANGLE_STRIP, vertices=4, instances=stop - start)
         atlas = np.empty((rows * self.height, columns * self.width, 4), np.uint8)
         out_fbo.read_into(atlas, components=4)
         out[start:stop] = _untile(atlas, rows, columns, stop - start)[..., :3]
@@ -678,7 +683,7 @@ class Renderer:
             self._release()
 
     def _release(self) -> None:
-        objects = [self._mesh_color, *self._aux_programs.values(), *self._composite, *self._vaos.values(),
+        objects = [self._mesh_color, *self._aux_programs.values(), *self._composite.values(), *self._vaos.values(),
                    self._drawn_index, self._drawn_vertex, self._drawn_uv, self._face_part_buffer, *self._buffers.values(),
                    *self._textures.values()]
         for fbo_objects in self._framebuffers.values():
