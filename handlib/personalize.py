@@ -158,6 +158,16 @@ def prepare_photo(path: str | os.PathLike, detector: Detector, side: str | None 
     return Photo(path, image, side, mirrored, keypoints, crop_box(keypoints), detector.name, hand)
 
 
+def with_keypoints(photo: Photo, keypoints: np.ndarray) -> Photo:
+    """The photo with other keypoints (21, 2 or 3) in pixels of the photo as taken (certainty 1 when not given),
+    mirrored like the photo, and the crop box around them (e.g. the true keypoints of a synthetic photo)."""
+    kp = np.array(keypoints, dtype=np.float64)
+    kp = kp if kp.shape[1] == 3 else np.c_[kp, np.ones(len(kp))]
+    if photo.mirrored:
+        kp[:, 0] = photo.image.shape[1] - 1 - kp[:, 0]
+    return replace(photo, keypoints=kp, box=crop_box(kp))
+
+
 def crop_affine(box: np.ndarray, size: int) -> np.ndarray:
     """The affine (2, 3) from photo pixels to the pixels of a (size, size) crop of `box`, so that crop and box
     share the [-1, 1] frame: u = (x - x0 + 0.5) · size / box_size - 0.5."""

@@ -72,6 +72,9 @@ def test_left_photos_are_mirrored_into_right_hands(tmp_path):
     assert photo.mirrored and photo.side == "left"
     np.testing.assert_allclose(photo.keypoints[:, 0], 199 - detection.keypoints[:, 0])
     np.testing.assert_array_equal(photo.image, np.asarray(Image.open(path))[:, ::-1])
+    again = personalize.with_keypoints(photo, detection.keypoints[:, :2])
+    np.testing.assert_allclose(again.keypoints, photo.keypoints)
+    np.testing.assert_allclose(again.box, photo.box)
 
 
 def test_canvas_camera_maps_crop_pixels_to_canvas_pixels():
