@@ -243,15 +243,33 @@ def random_light(rng: np.random.Generator, config: SyntheticConfig) -> tuple[np.
     return direction / np.linalg.norm(direction), diffuse, ambient
 
 
-class SampleMaker:
-    """Everything fixed for a dataset: models, rest frames, skin atlases and renderers per side, subjects."""
+def model_atlases(config: SyntheticConfig) -> dict[str, skin.SkinAtlas | None]:
+    """The skin atlas of each side's model (None without UVs). A side whose UVs are the right hand's shares its
+    atlas, so a person's two hands wear one skin texture (mirrored, as skin is), made once per person."""
+    atlases, uvs = {}, {}
+    for side in SIDES:
+        model = load_model(config.model, side)[0]
+        uvs[side] = None if model.vt is None else (model.vt.numpy(), model.ft.numpy())
+        right = uvs[SIDES[0]]
+        if side != SIDES[0] and uvs[side] is not None and right is not None and all(
+                a.shape == b.shape and np.array_equal(a, b) for a, b in zip(uvs[side], right)):
+            atlases[side] = atlases[SIDES[0]]
+        else:
+            atlases[side] = skin.model_atlas(model, config.atlas_size)
+    return atlases
 
-    def __init__(self, config: SyntheticConfig, subjects: dict):
+
+class SampleMaker:
+    """Everything fixed for a dataset: models, rest frames, skin atlases and renderers per side, subjects.
+    atlases: `model_atlases(config)`, made here when not given (worker processes get the parent's)."""
+
+    def __init__(self, config: SyntheticConfig, subjects: dict, atlases: dict | None = None):
         self.config, self.subjects = config, subjects
         self.betas = np.asarray(subjects["betas"])
-        self._skins: OrderedDict[tuple[int, str], np.ndarray] = OrderedDict()
+        self._skins: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()  # (subject, id(atlas))
         self.keypoint_parts = {}
-        self.models, self.frames, self.joint_frames, self.atlases, self.renderers, self.pca_std = {}, {}, {}, {}, {}, {}
+        self.models, self.frames, self.joint_frames, self.renderers, self.pca_std = {}, {}, {}, {}, {}
+        self.atlases = model_atlases(config) if atlases is None else atlases
         for side in SIDES:
             model, params, _ = load_model(config.model, side)
             self.models[side] = model
@@ -261,21 +279,23 @@ class SampleMaker:
             self.pca_std[side] = coeffs.std(0) if len(coeffs) > 1 else np.full(45, DEFAULT_PCA_STD)
             self.frames[side] = rest_frame(model)
             self.keypoint_parts[side] = keypoint_parts(model.parents.numpy())
-            self.atlases[side] = skin.model_atlas(model, config.atlas_size)  # None: a plain colour per subject
             uv = {} if model.vt is None else {"vt": model.vt.numpy(), "ft": model.ft.numpy()}
             self.renderers[side] = Renderer(model.faces.numpy(), config.image_size, parts=model.lbs_weights.numpy(),
                                             samples=config.antialias, **uv)
 
     def skin(self, subject: int, side: str) -> np.ndarray:
         """A subject's skin on one hand: a texture (S, S, 3) uint8, or a colour (3,) without an atlas. Drawn from
-        (seed, subject) alone, so both hands of a person share tone, creases and nails in every image."""
-        if (subject, side) in self._skins:
-            self._skins.move_to_end((subject, side))
-            return self._skins[subject, side]
+        (seed, subject) alone, so both hands of a person share tone, creases and nails in every image; made once
+        per person and atlas (the sides share one where their UVs agree), then reused (a few ms each)."""
+        atlas = self.atlases[side]
+        key = (subject, id(atlas))
+        if key in self._skins:
+            self._skins.move_to_end(key)
+            return self._skins[key]
         rng = np.random.default_rng([self.config.seed, _TAG_SKIN, subject])
-        skin_class, atlas = self.subjects["skin_class"][subject], self.atlases[side]
+        skin_class = self.subjects["skin_class"][subject]
         texture = skin.skin_texture(atlas, rng, skin_class) if atlas else skin.skin_colour(rng, skin_class)
-        self._skins[subject, side] = texture
+        self._skins[key] = texture
         while len(self._skins) > SKIN_CACHE:
             self._skins.popitem(last=False)
         return texture
@@ -532,7 +552,7 @@ def generate(root: str | Path, config: SyntheticConfig | dict, progress: bool = 
     with contextlib.ExitStack() as stack:
         if workers > 1 and len(todo) > 1:
             pool = stack.enter_context(multiprocessing.get_context("spawn").Pool(
-                min(workers, len(todo)), _start_worker, (config, subjects)))
+                min(workers, len(todo)), _start_worker, (config, subjects, model_atlases(config))))
             results = pool.imap(_worker_shard, todo)
         else:
             maker = SampleMaker(config, subjects)
@@ -564,9 +584,9 @@ def _shard(maker: SampleMaker, job: tuple) -> tuple[bytes, dict]:
 _WORKER_MAKER: SampleMaker | None = None
 
 
-def _start_worker(config: SyntheticConfig, subjects: dict) -> None:
+def _start_worker(config: SyntheticConfig, subjects: dict, atlases: dict) -> None:
     global _WORKER_MAKER
-    _WORKER_MAKER = SampleMaker(config, subjects)
+    _WORKER_MAKER = SampleMaker(config, subjects, atlases)
 
 
 def _worker_shard(job: tuple) -> tuple[bytes, dict]:
