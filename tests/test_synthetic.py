@@ -6,7 +6,7 @@ import torch
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
-from handlib import anatomy, camera, shards, synthetic
+from handlib import anatomy, backgrounds, camera, shards, synthetic
 from handlib.loader import HandCrops, SyntheticSource
 from handlib.model import HandModel
 from handlib.render import Renderer, WeakPerspective
@@ -80,6 +80,25 @@ def test_unknown_setting_is_a_clear_error():
         synthetic.SyntheticConfig.from_dict({"fill": [0.9, 1.2]})
     with pytest.raises(FileNotFoundError, match="nowhere"):
         synthetic.SyntheticConfig.from_dict({"backgrounds": {"images": 1.0}, "background_dir": "/nowhere"})
+
+
+@pytest.mark.parametrize("pool", [1, 0])
+def test_texture_backgrounds_come_from_the_pool_in_their_variants(pool):
+    """With a pool of one, every texture background is that texture turned, flipped, its channels reordered or
+    inverted: its values are the pool texture's or their complement. Without a pool, each is new."""
+    config = synthetic.SyntheticConfig(image_size=32, background_pool=pool)
+    maker = synthetic.SampleMaker.__new__(synthetic.SampleMaker)  # only the background part of a maker
+    maker.config, maker._backgrounds = config, {}
+    images = [maker.background(np.random.default_rng(k), "texture") for k in range(12)]
+    if pool == 0:
+        assert len({image.tobytes() for image in images}) == 12
+        return
+    base = backgrounds.texture(np.random.default_rng([config.seed, synthetic._TAG_BACKGROUNDS, 0]), 32)
+    values = np.sort(base.ravel())
+    assert len({image.tobytes() for image in images}) > 6
+    for image in images:
+        assert image.shape == base.shape
+        assert np.array_equal(np.sort(image.ravel()), values) or np.array_equal(np.sort(255 - image.ravel()), values)
 
 
 # Generated datasets, shared by the tests below: small, but through the whole pipeline.
