@@ -345,7 +345,8 @@ def personalize(photos: list[str | os.PathLike], out_dir: str | os.PathLike, det
     (default `HandModel.default`, in float64). network: its prediction on each crop starts the fit (else six
     orientations). masks: per photo an image file, white on the hand (or None), for the silhouette term.
     Files: hand_right.glb / hand_left.glb (skeleton, skin weights, texture, one animation key per photo),
-    hand_right.obj (+ .mtl, .png), texture.png, parameters.json and fit_NN_<photo>.png per photo. Raises PhotoError when no photo can be used.
+    hand_right.obj (+ .mtl, .png), texture.png, parameters.json and fit_NN_<photo>.png per photo.
+    Raises PhotoError when no photo can be used.
     """
     out_dir = Path(out_dir)
     sides = [None] * len(photos) if sides is None else list(sides)

@@ -25,8 +25,8 @@ SEED = 906  # apart from the training sets' seeds
 def subject_photos(root: str | os.PathLike, subjects: int = 3, per_subject: int = 3, image_size: int = 384,
                    seed: int = SEED) -> list[dict]:
     """Make the photos (the same ones every time); one entry per subject: {"subject", "betas", "photos": [path],
-    "masks": [path], "sides", "truth": [sample dict without the image]}. A subject with fewer than `per_subject` photos drawn is
-    skipped."""
+    "masks": [path], "sides", "truth": [sample dict without the image]}. A subject with fewer than `per_subject`
+    photos drawn is skipped."""
     root = Path(root)
     config = synthetic.SyntheticConfig(samples=3 * subjects * per_subject, image_size=image_size, seed=seed,
                                        subjects=subjects, splits={"test": 1.0}, image_format="png",
