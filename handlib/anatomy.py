@@ -153,8 +153,8 @@ def _quaternion(aa: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _quaternion_from_aa(aa: torch.Tensor) -> torch.Tensor:
     angle = torch.sqrt((aa * aa).sum(-1, keepdim=True) + _EPS)
-    # sin(angle/2)/angle = sinc(angle/2π)/2 stays smooth at angle 0
-    return torch.cat([torch.cos(angle / 2), aa * torch.sinc(angle / (2 * math.pi)) / 2], dim=-1)
+    # angle >= 1e-10 (_EPS), where sin(angle/2)/angle is exact and smooth; ONNX has no sinc
+    return torch.cat([torch.cos(angle / 2), aa * (torch.sin(angle / 2) / angle)], dim=-1)
 
 
 def _aa_from_quaternion(q: torch.Tensor) -> torch.Tensor:

@@ -26,6 +26,7 @@ from handlib.rotations import matrix_to_axis_angle, matrix_to_rot6d, rot6d_to_ma
 SIDES = ("right", "left")
 MODES = ("pretrained", "freeze", "random")
 ROTATIONS = {"axis_angle": 3, "6d": 6}
+POSE_SPACES = ("axis_angle", "anatomical")
 
 
 @dataclass(frozen=True)
@@ -111,11 +112,15 @@ class HandNet(nn.Module):
 
     def __init__(self, encoder: str = "resnet18", mode: str = "random", iterations: int = 3,
                  rotation: str = "axis_angle", dropout: float = 0.5, hidden: int = 1024,
-                 weights_file: str | os.PathLike | None = None, hand_models: dict | None = None):
+                 weights_file: str | os.PathLike | None = None, hand_models: dict | None = None,
+                 pose_space: str = "axis_angle"):
         super().__init__()
         if rotation not in ROTATIONS:
             raise ValueError(f"unknown rotation {rotation!r}; choose one of {sorted(ROTATIONS)}")
+        if pose_space not in POSE_SPACES:
+            raise ValueError(f"unknown pose_space {pose_space!r}; choose one of {POSE_SPACES}")
         self.encoder_name, self.mode, self.iterations, self.rotation = encoder, mode, iterations, rotation
+        self.pose_space = pose_space
         self.encoder = build_encoder(encoder, mode, weights_file)
         if mode == "freeze":
             self.encoder.requires_grad_(False)
@@ -141,9 +146,10 @@ class HandNet(nn.Module):
         # The left hand's start is the right one's mirror image: rotation M R0 M, camera tx -> -tx.
         M = torch.diag(torch.tensor([-1.0, 1.0, 1.0]))
         starts = []
-        for R, tx in ((R0, t0[0]), (M @ R0 @ M, -t0[0])):
+        for R, tx, name in ((R0, t0[0], "right"), (M @ R0 @ M, -t0[0], "left")):
             rot = matrix_to_axis_angle(R) if rotation == "axis_angle" else matrix_to_rot6d(R)
-            starts.append(torch.cat([rot, torch.zeros(55), torch.tensor([1.0, tx, t0[1]])]))
+            starts.append(torch.cat([rot, self._mean_pose_code(name), torch.zeros(10),
+                                     torch.tensor([1.0, tx, t0[1]])]))
         self.register_buffer("mean_thetas", torch.stack(starts))  # (2, D) per side
 
     @property
@@ -154,6 +160,32 @@ class HandNet(nn.Module):
     def initial_theta(self, side: torch.Tensor) -> torch.Tensor:
         """The regressor's starting Θ (B, D) for sides (B,) 0 right / 1 left."""
         return self.mean_thetas[side.long()]
+
+    @torch.no_grad()
+    def _mean_pose_code(self, side: str) -> torch.Tensor:
+        """Θ's pose part (45,) that gives the model's mean pose (hand_pose 0): zeros for axis-angle; in the
+        anatomical space the codes of the mean pose's angles (kept 2% inside the limits)."""
+        if self.pose_space == "axis_angle":
+            return torch.zeros(45)
+        from handlib.anatomy import joint_angles
+
+        model = self.hand_models[side]
+        lo, hi = _angle_limits(model.v_template.dtype)
+        angles = joint_angles(model.v_template.new_zeros(1, 45), model)[0]  # (15, 3)
+        share = ((angles - lo) / (hi - lo).clamp_min(1e-9)).clamp(0.02, 0.98)
+        return torch.logit(share).float().reshape(45)
+
+    def hand_pose_of(self, code: torch.Tensor, side: str) -> torch.Tensor:
+        """Θ's pose part (B, 45) -> the hand_pose (B, 45) of model `side`. In the anatomical space each joint's
+        (twist, spread, bend) is lo + (hi − lo)·sigmoid(code) inside handlib.anatomy's limits, so no prediction
+        can leave them (the thesis's hands twisted freely about their bones)."""
+        if self.pose_space == "axis_angle":
+            return code
+        from handlib.anatomy import pose_from_angles
+
+        lo, hi = _angle_limits(code.dtype, code.device)
+        angles = lo + (hi - lo) * torch.sigmoid(code.view(-1, 15, 3))
+        return pose_from_angles(angles, self.hand_models[side])
 
     @torch.no_grad()
     def _mean_view(self) -> tuple[float, list[float], torch.Tensor]:
@@ -201,29 +233,57 @@ class HandNet(nn.Module):
 
     def decode(self, theta: torch.Tensor, side: torch.Tensor, return_verts: bool = True) -> HandPrediction:
         """Θ (B, D) -> the posed hand and its projection, each sample through its side's hand model."""
-        r = self.rot_dim
-        rot, hand_pose, betas, c = theta[:, :r], theta[:, r:r + 45], theta[:, r + 45:r + 55], theta[:, r + 55:]
-        R = batch_rodrigues(rot) if self.rotation == "axis_angle" else rot6d_to_matrix(rot)
-        cam = torch.cat([c[:, :1] * self.s0, c[:, 1:]], dim=1)
-        verts, kp3d = self.pose(hand_pose, betas, R, side, return_verts)
+        hand_pose, verts, kp3d = _by_side(
+            side, lambda idx, name: self.decode_side(theta[idx], name, return_verts)[1:])
+        R, _, betas, cam = self.unpack(theta)
         return HandPrediction(theta, R, hand_pose, betas, cam, verts, kp3d, weak_perspective(kp3d, cam))
+
+    def unpack(self, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Θ (B, D) -> global rotation (B, 3, 3), pose code (B, 45), β (B, 10), camera (s, tx, ty) (B, 3)."""
+        r = self.rot_dim
+        rot, code, betas, c = theta[:, :r], theta[:, r:r + 45], theta[:, r + 45:r + 55], theta[:, r + 55:]
+        R = batch_rodrigues(rot) if self.rotation == "axis_angle" else rot6d_to_matrix(rot)
+        return R, code, betas, torch.cat([c[:, :1] * self.s0, c[:, 1:]], dim=1)
+
+    def decode_side(self, theta: torch.Tensor, side: str, return_verts: bool = True
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """Θ (B, D) of samples all of one side -> camera (B, 3), hand_pose (B, 45), vertices (B, V, 3) or None,
+        keypoints (B, 21, 3); no data-dependent shapes (ONNX exports it)."""
+        R, code, betas, cam = self.unpack(theta)
+        hand_pose = self.hand_pose_of(code, side)
+        verts, kp3d = self.pose_side(hand_pose, betas, R, side, return_verts)
+        return cam, hand_pose, verts, kp3d
+
+    def pose_side(self, hand_pose: torch.Tensor, betas: torch.Tensor, R: torch.Tensor, side: str,
+                  return_verts: bool = True) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """Vertices (B, V, 3) (None without return_verts) and keypoints (B, 21, 3) of model `side`: MANO posed,
+        then rotated by R about its wrist (as MANO's global rotation does)."""
+        o = self.hand_models[side](betas=betas, hand_pose=hand_pose, return_verts=return_verts)
+        wrist = o.joints[:, :1]  # (B, 1, 3)
+        turn = R.transpose(1, 2)
+        verts = None if o.vertices is None else (o.vertices - wrist) @ turn + wrist
+        return verts, (o.keypoints - wrist) @ turn + wrist
 
     def pose(self, hand_pose: torch.Tensor, betas: torch.Tensor, R: torch.Tensor,
              side: torch.Tensor, return_verts: bool = True) -> tuple[torch.Tensor | None, torch.Tensor]:
-        """Vertices (B, V, 3) (None without return_verts) and keypoints (B, 21, 3): MANO posed, then rotated by R
-        about its wrist (as MANO's global rotation does), each sample by the model of its side."""
-        parts = []  # (sample ids, vertices, keypoints) per side
-        for k, name in enumerate(SIDES):
-            idx = (side == k).nonzero()[:, 0]
-            if len(idx) == 0:
-                continue
-            o = self.hand_models[name](betas=betas[idx], hand_pose=hand_pose[idx], return_verts=return_verts)
-            wrist = o.joints[:, :1]  # (b, 1, 3)
-            turn = R[idx].transpose(1, 2)
-            v = None if o.vertices is None else (o.vertices - wrist) @ turn + wrist
-            parts.append((idx, v, (o.keypoints - wrist) @ turn + wrist))
-        if len(parts) == 1:
-            return parts[0][1:]
-        order = torch.cat([idx for idx, _, _ in parts]).argsort()  # back to the batch's order
-        verts = None if parts[0][1] is None else torch.cat([v for _, v, _ in parts])[order]
-        return verts, torch.cat([p for _, _, p in parts])[order]
+        """`pose_side` for a batch of both sides (B,) 0 right / 1 left, each sample by the model of its side."""
+        return _by_side(
+            side, lambda idx, name: self.pose_side(hand_pose[idx], betas[idx], R[idx], name, return_verts))
+
+
+def _by_side(side: torch.Tensor, run) -> tuple:
+    """run(sample ids, side name) -> tensors (or None) for the samples of each side, put back in batch order."""
+    parts = [(idx, run(idx, name)) for k, name in enumerate(SIDES) if len(idx := (side == k).nonzero()[:, 0])]
+    if len(parts) == 1:
+        return parts[0][1]
+    order = torch.cat([idx for idx, _ in parts]).argsort()
+    return tuple(None if parts[0][1][n] is None else torch.cat([out[n] for _, out in parts])[order]
+                 for n in range(len(parts[0][1])))
+
+
+def _angle_limits(dtype: torch.dtype, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """handlib.anatomy's limits in radians: lower and upper (15, 3) each."""
+    from handlib.anatomy import LIMITS_DEG
+
+    limits = torch.deg2rad(torch.as_tensor(LIMITS_DEG, dtype=dtype, device=device))
+    return limits[..., 0], limits[..., 1]

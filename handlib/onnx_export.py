@@ -35,24 +35,8 @@ class OneSide(torch.nn.Module):
         theta = net.mean_thetas[self.side].expand(len(images), -1)
         for _ in range(net.iterations):
             theta = theta + net.regressor(torch.cat([feat, theta, side], dim=1))
-        vertices, keypoints2d = _decode(net, theta, SIDES[self.side])
-        return theta, vertices, keypoints2d
-
-
-def _decode(net: HandNet, theta: torch.Tensor, side: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """HandNet.decode for samples all of one side, without its per-side routing (data-dependent shapes)."""
-    from handlib.model import batch_rodrigues
-    from handlib.rotations import rot6d_to_matrix
-
-    r = net.rot_dim
-    rot, hand_pose, betas, c = theta[:, :r], theta[:, r:r + 45], theta[:, r + 45:r + 55], theta[:, r + 55:]
-    R = batch_rodrigues(rot) if net.rotation == "axis_angle" else rot6d_to_matrix(rot)
-    cam = torch.cat([c[:, :1] * net.s0, c[:, 1:]], dim=1)
-    out = net.hand_models[side](betas=betas, hand_pose=hand_pose)
-    wrist = out.joints[:, :1]
-    verts = (out.vertices - wrist) @ R.transpose(1, 2) + wrist
-    kp3d = (out.keypoints - wrist) @ R.transpose(1, 2) + wrist
-    return verts, weak_perspective(kp3d, cam)
+        cam, _, vertices, keypoints3d = net.decode_side(theta, SIDES[self.side])
+        return theta, vertices, weak_perspective(keypoints3d, cam)
 
 
 def export(net: HandNet, path: str | os.PathLike, image_size: int, side: str = "right", opset: int = 18) -> Path:

@@ -43,6 +43,7 @@ class TrainConfig:
     weights_file: str | None = None      # ImageNet weights when not in the torch hub cache
     image_size: int | None = None        # None: the encoder's ImageNet size (224, inception 299)
     rotation: str = "axis_angle"         # or "6d" (global rotation)
+    pose_space: str = "axis_angle"       # or "anatomical": joint angles kept inside the limits by construction
     ief_iterations: int = 3
     dropout: float = 0.5
     batch_size: int = 32                 # global, over all processes
@@ -108,15 +109,15 @@ def train(cfg: TrainConfig, train_sources: dict, val_sources: dict, hand_models:
 
     torch.manual_seed(cfg.seed)
     net = HandNet(cfg.encoder, cfg.mode, cfg.ief_iterations, cfg.rotation, cfg.dropout,
-                  weights_file=cfg.weights_file, hand_models=hand_models).to(device)
+                  weights_file=cfg.weights_file, hand_models=hand_models, pose_space=cfg.pose_space).to(device)
     params = [p for p in net.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)  # one kernel per step
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: lr_factor(cfg, it))
     start = 0
     if (run_dir / CHECKPOINT).exists():
         ckpt = torch.load(run_dir / CHECKPOINT, map_location=device, weights_only=False)
-        changed = sorted(k for k, v in dataclasses.asdict(cfg).items()
-                         if k not in NOT_RESULTS and ckpt["config"].get(k) != v)
+        saved = {f.name: f.default for f in dataclasses.fields(TrainConfig)} | ckpt["config"]  # older: defaults
+        changed = sorted(k for k, v in dataclasses.asdict(cfg).items() if k not in NOT_RESULTS and saved.get(k) != v)
         if changed:
             raise ValueError(f"{run_dir / CHECKPOINT} was written with other settings ({changed}): resume with "
                              "the same settings, or use a new run_dir")
@@ -219,7 +220,7 @@ def load_network(run_dir: str | os.PathLike, hand_models: dict | None = None,
     cfg = ckpt["config"]
     # The ImageNet weights are in the checkpoint: build the encoder empty.
     net = HandNet(cfg["encoder"], "random", cfg["ief_iterations"], cfg["rotation"], cfg["dropout"],
-                  hand_models=hand_models)
+                  hand_models=hand_models, pose_space=cfg.get("pose_space", "axis_angle"))
     net.load_state_dict(ckpt["model"])
     return net.to(device).eval()
 

@@ -6,6 +6,7 @@ from toy_hand import toy_params
 
 from handlib.camera import weak_perspective
 from handlib.model import HandModel
+from handlib.anatomy import LIMITS_DEG
 from handlib.network import ENCODERS, HandNet, build_encoder
 from handlib.rotations import matrix_to_axis_angle, matrix_to_rot6d, rot6d_to_matrix
 
@@ -106,3 +107,30 @@ def test_pretrained_weights_missing_file_is_named_and_given_file_loads(tmp_path,
     (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
     torch.save(reference.state_dict(), tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth")
     assert torch.equal(build_encoder("resnet18", "pretrained").conv1.weight, reference.conv1.weight)
+
+
+def test_anatomical_pose_space_stays_inside_the_limits_and_starts_at_the_mean_pose(hands):
+    from handlib.anatomy import angle_violations, joint_angles
+
+    torch.manual_seed(0)
+    net = HandNet("resnet18", iterations=2, hand_models=hands, pose_space="anatomical").eval()
+    side = torch.tensor([0, 1, 1, 0, 0, 1])
+    theta = net.initial_theta(side) + 3 * torch.randn(6, net.theta_dim)  # far from the start, saturating
+    theta.requires_grad_()
+    p = net.decode(theta, side)
+    for k, name in enumerate(("right", "left")):
+        assert float(angle_violations(p.hand_pose[side == k].detach(), hands[name]).max()) < 1e-3
+    # each sample went through its own side's model: the same Θ decoded as one side alone agrees
+    cam, pose_left, _, kp_left = net.decode_side(theta[side == 1], "left")
+    torch.testing.assert_close(p.hand_pose[side == 1], pose_left)
+    torch.testing.assert_close(p.keypoints3d[side == 1], kp_left)
+    p.keypoints2d.sum().backward()
+    assert torch.isfinite(theta.grad).all() and theta.grad[:, 3:48].abs().sum() > 0
+    # the start is the model's mean pose (hand_pose 0), up to the angles the limits clip
+    start = net.decode(net.initial_theta(torch.tensor([0, 1])), torch.tensor([0, 1]))
+    for k, name in enumerate(("right", "left")):
+        mean = joint_angles(torch.zeros(1, 45), hands[name])
+        got = joint_angles(start.hand_pose[k:k + 1], hands[name])
+        lo, hi = (torch.deg2rad(torch.as_tensor(b, dtype=torch.float32)) for b in np.moveaxis(LIMITS_DEG, -1, 0))
+        inside = (mean > lo + 0.02 * (hi - lo)) & (mean < hi - 0.02 * (hi - lo))
+        torch.testing.assert_close(got[inside], mean[inside], atol=1e-4, rtol=0)

@@ -7,11 +7,11 @@ from handlib.model import HandModel
 from handlib.network import HandNet
 
 
-@pytest.fixture(scope="module")
-def net():
+@pytest.fixture(scope="module", params=["axis_angle", "anatomical"])
+def net(request):
     torch.manual_seed(0)
     models = {s: HandModel(toy_params(side=s), side=s) for s in ("right", "left")}
-    return HandNet("resnet18", "random", hand_models=models).eval()
+    return HandNet("resnet18", "random", hand_models=models, pose_space=request.param).eval()
 
 
 def test_one_side_graph_matches_the_network(net):
