@@ -98,7 +98,10 @@ def run(profile: str = "demo", run_dir: Path | None = None, only: list[str] | No
         rerun = True
         start = time.perf_counter()
         try:
-            papermill.execute_notebook(nb, out, parameters=params, cwd=str(paths.REPO), progress_bar=False)
+            # The kernel's own warnings (e.g. "running over TCP without encryption") would drown the progress lines;
+            # the notebook's warnings still land in its cells.
+            papermill.execute_notebook(nb, out, parameters=params, cwd=str(paths.REPO), progress_bar=False,
+                                       extra_arguments=["--IPKernelApp.log_level=ERROR"])
         except papermill.PapermillExecutionError as err:
             print(f"FAILED after {time.perf_counter() - start:.0f} s")
             raise SystemExit(f"{nb.name} failed in cell {err.exec_count}: {err.ename}: {err.evalue}\n"
