@@ -119,28 +119,51 @@ layout(std430, binding = 3) readonly buffer DrawnUV { vec2 drawn_uv[]; };  // (D
 uniform int num_vertices;
 uniform int columns;
 uniform vec2 tile_scale;  // tile size / framebuffer size
+// AUX (the aux pass), TEXTURED and SIDES (0: faces of both sides drawn, 1: front faces only, 2: back faces only)
+// are defined per program, so that each interpolates only what it uses: llvmpipe's triangle setup grows with
+// every value interpolated, and the hand's triangles cover a few pixels each, so setup outweighs shading
+#if AUX
 out vec3 v_camera;
 out vec3 v_normal;
+#else
+#if TEXTURED
+uniform bool texture_per_sample;
+uniform int first_sample;  // of this chunk, in the batch
 out vec2 v_uv;
-out vec3 v_light_front;  // light reaching the side the winding faces, and the other side
-out vec3 v_light_back;
-flat out vec3 v_color;
-flat out int v_sample;
+flat out int v_layer;  // of the texture
+#endif
+out vec3 v_front;  // light reaching the side front faces show (times the albedo without a texture)
+#if SIDES == 0
+out vec3 v_back;  // ... and the other side
+#endif
+#endif
 out float gl_ClipDistance[4];
 
 void main() {
     int s = gl_InstanceID;
     int i = 3 * (s * num_vertices + drawn_vertex[gl_VertexID]);
     vec4 camera = samples[s].view * vec4(positions[i], positions[i + 1], positions[i + 2], 1.0);
+    vec3 normal = mat3(samples[s].view) * vec3(normals[i], normals[i + 1], normals[i + 2]);
+#if AUX
     v_camera = camera.xyz;
-    v_normal = mat3(samples[s].view) * vec3(normals[i], normals[i + 1], normals[i + 2]);
-    v_uv = drawn_uv[gl_VertexID];
+    v_normal = normal;
+#else
     // smooth (Gouraud) shading: per-vertex light, interpolated; cheap where fragments dominate the cost
-    float lambert = dot(normalize(v_normal), -normalize(samples[s].light_dir.xyz));
-    v_light_front = samples[s].ambient.rgb + max(lambert, 0.0) * samples[s].diffuse.rgb;
-    v_light_back = samples[s].ambient.rgb + max(-lambert, 0.0) * samples[s].diffuse.rgb;
-    v_color = samples[s].color.rgb;
-    v_sample = s;
+    float lambert = dot(normalize(normal), -normalize(samples[s].light_dir.xyz));
+#if TEXTURED
+    vec3 albedo = vec3(1.0);  // from the texture, per pixel
+    v_uv = drawn_uv[gl_VertexID];
+    v_layer = texture_per_sample ? first_sample + s : 0;
+#else
+    vec3 albedo = samples[s].color.rgb;
+#endif
+    vec3 front = albedo * (samples[s].ambient.rgb + max(lambert, 0.0) * samples[s].diffuse.rgb);
+    vec3 back = albedo * (samples[s].ambient.rgb + max(-lambert, 0.0) * samples[s].diffuse.rgb);
+    v_front = SIDES == 2 ? back : front;
+#if SIDES == 0
+    v_back = back;
+#endif
+#endif
     vec4 clip = samples[s].proj * camera;
     // keep each sample inside its own image, then move that image to its tile
     gl_ClipDistance[0] = clip.w + clip.x;
@@ -153,24 +176,28 @@ void main() {
 """
 
 _COLOR_FS = """#version 450
-uniform bool textured;
-uniform bool texture_per_sample;
-uniform int first_sample;  // of this chunk, in the batch
+// TEXTURED and SIDES as in the vertex shader (llvmpipe runs both ways of a branch, so variants are compiled)
+#if TEXTURED
 uniform sampler2DArray albedo_map;
 in vec2 v_uv;
-in vec3 v_light_front;
-in vec3 v_light_back;
-flat in vec3 v_color;
-flat in int v_sample;
+flat in int v_layer;
+#endif
+in vec3 v_front;
+#if SIDES == 0
+in vec3 v_back;
+#endif
 layout(location = 0) out vec4 f_color;
 
 void main() {
-    // the winding faces the camera exactly when the face is front facing (front_face = "cw")
-    vec3 light = gl_FrontFacing ? v_light_front : v_light_back;
-    vec3 albedo = v_color;
-    if (textured)  // UVs with v up (OBJ): v = 0 is the bottom row of the texture image
-        albedo = texture(albedo_map, vec3(v_uv.x, 1.0 - v_uv.y, texture_per_sample ? first_sample + v_sample : 0)).rgb;
-    f_color = vec4(clamp(albedo * light, 0.0, 1.0), 1.0);  // premultiplied by full coverage
+#if SIDES == 0  // the winding faces the camera exactly when the face is front facing (front_face = "cw")
+    vec3 color = gl_FrontFacing ? v_front : v_back;
+#else
+    vec3 color = v_front;
+#endif
+#if TEXTURED  // UVs with v up (OBJ): v = 0 is the bottom row of the texture image
+    color *= texture(albedo_map, vec3(v_uv.x, 1.0 - v_uv.y, v_layer)).rgb;
+#endif
+    f_color = vec4(clamp(color, 0.0, 1.0), 1.0);  // premultiplied by full coverage
 }
 """
 
@@ -347,7 +374,6 @@ class Renderer:
         self.max_memory = max_memory
 
         ctx = self.ctx
-        self._mesh_color = ctx.program(vertex_shader=_MESH_VS, fragment_shader=_COLOR_FS)
         defines = (f"#define MSAA {self.msaa}\n#define SUPERSAMPLE_X {self.supersample[0]}\n"
                    f"#define SUPERSAMPLE_Y {self.supersample[1]}\n")
         self._composite = {}  # (resolve, background image): program
@@ -358,9 +384,8 @@ class Renderer:
                     vertex_shader=_COMPOSITE_VS.replace("\n", "\n" + flags, 1),
                     fragment_shader=_COMPOSITE_FS.replace("\n", "\n" + defines + flags, 1))
         self._drawn_index = ctx.buffer(drawn_index.astype(np.int32))
-        self._vaos = {self._mesh_color: ctx.vertex_array(self._mesh_color, [], index_buffer=self._drawn_index,
-                                                         index_element_size=4)}
-        self._aux_programs: dict[tuple[str, ...], moderngl.Program] = {}
+        self._vaos = {}
+        self._mesh_programs: dict[tuple, moderngl.Program] = {}
         self._vaos.update({program: ctx.vertex_array(program, []) for program in self._composite.values()})
         self._drawn_vertex = ctx.buffer(pairs[:, 0].astype(np.int32))
         self._drawn_uv = ctx.buffer(drawn_uv)
@@ -615,7 +640,7 @@ class Renderer:
         start, stop, rows, columns, _ = part
         framebuffer = self._framebuffer("color", rows, columns)
         msaa_fbo, out_fbo, coverage = framebuffer["fbo"], framebuffer["out_fbo"], framebuffer["coverage"]
-        program = self._mesh_color
+        program = self._mesh_program(textured=texture is not None, sides={None: 0, "back": 1, "front": 2}[part.cull])
         msaa_fbo.use()
         image = background.ndim == 4
         msaa_fbo.clear(0.0, 0.0, 0.0, 0.0, depth=1.0)
@@ -624,7 +649,6 @@ class Renderer:
         if not image:
             tiles[:stop - start, 4:7] = background
         self._buffer("tiles", tiles).bind_to_storage_buffer(6)
-        program["textured"] = texture is not None
         if texture is not None:
             program["texture_per_sample"] = self._textures["albedo"].size[2] > 1
             program["first_sample"] = start
@@ -657,7 +681,7 @@ class Renderer:
         for name in aux:  # the first target's framebuffer holds the depth buffer too
             framebuffer[name + "_fbo"].clear(_AUX_TARGETS[name][2], 0.0, 0.0, 0.0, depth=1.0)
         framebuffer["fbo"].use()
-        self._draw_mesh(self._aux_program(aux), part)
+        self._draw_mesh(self._mesh_program(aux=aux), part)
         H, W = rows * self.height, columns * self.width
         for name in aux:
             components, dtype = (3, np.float16) if name == "normals" else (1, np.float32)
@@ -666,16 +690,19 @@ class Renderer:
             tiles = _untile(data, rows, columns, stop - start)
             result[name][start:stop] = tiles if name == "normals" else tiles[..., 0]
 
-    def _aux_program(self, aux: tuple[str, ...]) -> moderngl.Program:
-        """The aux pass's program drawing the targets `aux` (compiled on first use)."""
-        if aux not in self._aux_programs:
-            defines = "".join(f"#define {name.upper()} {k}\n" for k, name in enumerate(aux))
-            program = self.ctx.program(vertex_shader=_MESH_VS,
-                                       fragment_shader=_AUX_FS.replace("\n", "\n" + defines, 1))
+    def _mesh_program(self, aux: tuple[str, ...] = (), textured: bool = False, sides: int = 0) -> moderngl.Program:
+        """The mesh program of the aux pass drawing targets `aux`, or of the colour pass (compiled on first use)."""
+        key = (aux, textured, sides)
+        if key not in self._mesh_programs:
+            flags = f"#define AUX {int(bool(aux))}\n#define TEXTURED {int(textured)}\n#define SIDES {sides}\n"
+            targets = "".join(f"#define {name.upper()} {k}\n" for k, name in enumerate(aux))
+            program = self.ctx.program(vertex_shader=_MESH_VS.replace("\n", "\n" + flags, 1),
+                                       fragment_shader=(_AUX_FS if aux else _COLOR_FS).replace(
+                                           "\n", "\n" + flags + targets, 1))
             self._vaos[program] = self.ctx.vertex_array(program, [], index_buffer=self._drawn_index,
                                                         index_element_size=4)
-            self._aux_programs[aux] = program
-        return self._aux_programs[aux]
+            self._mesh_programs[key] = program
+        return self._mesh_programs[key]
 
     def release(self) -> None:
         """Free this renderer's GL objects now (they are otherwise freed with the context)."""
@@ -683,7 +710,7 @@ class Renderer:
             self._release()
 
     def _release(self) -> None:
-        objects = [self._mesh_color, *self._aux_programs.values(), *self._composite.values(), *self._vaos.values(),
+        objects = [*self._mesh_programs.values(), *self._composite.values(), *self._vaos.values(),
                    self._drawn_index, self._drawn_vertex, self._drawn_uv, self._face_part_buffer, *self._buffers.values(),
                    *self._textures.values()]
         for fbo_objects in self._framebuffers.values():
@@ -691,7 +718,7 @@ class Renderer:
         for obj in objects:
             obj.release()
         self._buffers, self._textures, self._framebuffers, self._framebuffer_bytes = {}, {}, {}, {}
-        self._aux_programs = {}
+        self._mesh_programs = {}
 
 
 class _Chunk(NamedTuple):
