@@ -296,6 +296,17 @@ void main() {
 """
 
 
+# Clears the colour pass inside the rects only (transparent black, farthest depth): nothing outside them is drawn
+# or read, and a full clear of the multisampled buffers is a large share of the pass (memory traffic)
+_RECT_CLEAR_FS = """#version 450
+layout(location = 0) out vec4 f_color;
+void main() {
+    f_color = vec4(0.0);
+    gl_FragDepth = 1.0;
+}
+"""
+
+
 def _numpy(x: ArrayLike, dtype=np.float32) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu().numpy()
@@ -386,7 +397,10 @@ class Renderer:
         self._drawn_index = ctx.buffer(drawn_index.astype(np.int32))
         self._vaos = {}
         self._mesh_programs: dict[tuple, moderngl.Program] = {}
-        self._vaos.update({program: ctx.vertex_array(program, []) for program in self._composite.values()})
+        self._rect_clear = ctx.program(vertex_shader=_COMPOSITE_VS.replace(
+            "\n", "\n#define RESOLVE 1\n#define BACKGROUND_IMAGE 0\n", 1), fragment_shader=_RECT_CLEAR_FS)
+        self._vaos.update({program: ctx.vertex_array(program, [])
+                           for program in (*self._composite.values(), self._rect_clear)})
         self._drawn_vertex = ctx.buffer(pairs[:, 0].astype(np.int32))
         self._drawn_uv = ctx.buffer(drawn_uv)
         self._face_part_buffer = ctx.buffer(
@@ -643,12 +657,18 @@ class Renderer:
         program = self._mesh_program(textured=texture is not None, sides={None: 0, "back": 1, "front": 2}[part.cull])
         msaa_fbo.use()
         image = background.ndim == 4
-        msaa_fbo.clear(0.0, 0.0, 0.0, 0.0, depth=1.0)
         tiles = np.zeros((rows * columns, 8), np.float32)  # struct Tile; tiles left empty: no rect, black
         tiles[:stop - start].view(np.int32)[:, :4] = rects
         if not image:
             tiles[:stop - start, 4:7] = background
         self._buffer("tiles", tiles).bind_to_storage_buffer(6)
+        clear = self._rect_clear
+        clear["tile_size"], clear["columns"] = (self.width, self.height), columns
+        clear["target_size"] = (columns * self.width, rows * self.height)
+        self.ctx.enable(moderngl.DEPTH_TEST)
+        self.ctx.depth_func = "1"  # always: the depth is set, not tested
+        self._vaos[clear].render(moderngl.TRIANGLE_STRIP, vertices=4, instances=stop - start)
+        self.ctx.depth_func = "<"
         if texture is not None:
             program["texture_per_sample"] = self._textures["albedo"].size[2] > 1
             program["first_sample"] = start
@@ -710,7 +730,7 @@ class Renderer:
             self._release()
 
     def _release(self) -> None:
-        objects = [*self._mesh_programs.values(), *self._composite.values(), *self._vaos.values(),
+        objects = [*self._mesh_programs.values(), *self._composite.values(), self._rect_clear, *self._vaos.values(),
                    self._drawn_index, self._drawn_vertex, self._drawn_uv, self._face_part_buffer, *self._buffers.values(),
                    *self._textures.values()]
         for fbo_objects in self._framebuffers.values():
