@@ -83,12 +83,12 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     hands = {side: HandModel.default(side) for side in ("right", "left")}
     data = {"synthetic": samples(hands)}
-    # the demo profile's losses: the thesis's two and the 3D terms
+    # the demo profile's model and losses (configs/demo/04_train.yaml): the thesis's two and the 3D terms
     cfg = TrainConfig(encoder=args.encoder, image_size=args.size, batch_size=args.batch, iterations=args.steps,
                       workers=args.workers, log_every=10, val_every=10 ** 9, image_every=10 ** 9,
                       checkpoint_every=10 ** 9, val_batch=4, progress=False, render_meshes=False,
-                      losses={"reproj": 100, "shape": 1, "pose": 1, "global_rot": 1, "betas": 0.1,
-                              "keypoints3d": 100, "vertices": 0, "joint_limits": 1})
+                      pose_space="anatomical", losses={"reproj": 100, "shape": 0.1, "pose": 1, "global_rot": 1,
+                                                       "betas": 1, "keypoints3d": 100})
     print(f"{args.encoder} {args.size} px, batch {args.batch}, torch threads {torch.get_num_threads()}, "
           f"{args.workers} loader worker(s), {args.steps} timed steps per repetition")
     wall_ratios, cpu_ratios = [], []

@@ -22,6 +22,7 @@ COLUMNS = [
     ("val_loss", -1, "{:.3g}", "validation loss (last logged)"),
     ("kp2d_px", -1, "{:.2f}", "2D keypoint error, crop pixels"),
     ("kp2d_rel", -1, "{:.3f}", "2D keypoint error / hand size"),
+    ("pck5", 1, "{:.3f}", "PCK at 5% of hand size: share of keypoints that close"),
     ("pck_auc", 1, "{:.3f}", "AUC of PCK over 0-20% of hand size"),
     ("mpjpe_mm", -1, "{:.1f}", "MPJPE (wrist-aligned), mm"),
     ("pa_mpjpe_mm", -1, "{:.1f}", "PA-MPJPE, mm"),
@@ -30,7 +31,8 @@ COLUMNS = [
     ("f5", 1, "{:.3f}", "F-score at 5 mm (aligned vertices)"),
     ("f15", 1, "{:.3f}", "F-score at 15 mm (aligned vertices)"),
     ("beta_err", -1, "{:.3f}", "mean |β − β_true|"),
-    ("implausible", -1, "{:.3f}", "share of joint angles beyond the anatomical limits"),
+    ("implausible", -1, "{:.3f}", "share of joint angles beyond the anatomical limits (by > 1°)"),
+    ("beyond_10deg", -1, "{:.3f}", "share of joint angles beyond the anatomical limits by > 10°"),
     ("beta_abs_p95", -1, "{:.2f}", "95th percentile of |β|"),
 ]
 
@@ -93,7 +95,8 @@ def evaluate(pred: dict[str, np.ndarray], hand_models: dict) -> dict[str, float]
     relative = dist / metrics.hand_size(true, seen)[:, None]
     pck = metrics.pck_curve(relative, PCK_THRESHOLDS, seen)
     out = {"kp2d_px": float(dist[seen].mean() * size / 2), "kp2d_rel": float(relative[seen].mean()),
-           "pck_auc": metrics.auc(PCK_THRESHOLDS, pck), "samples": int(len(kp))}
+           "pck5": float(metrics.pck_curve(relative, [0.05], seen)[0]), "pck_auc": metrics.auc(PCK_THRESHOLDS, pck),
+           "samples": int(len(kp))}
     has3d = pred["has3d"].astype(bool)
     if has3d.any():
         j, jt = pred["joints"][has3d], pred["joints_true"][has3d]
@@ -109,9 +112,10 @@ def evaluate(pred: dict[str, np.ndarray], hand_models: dict) -> dict[str, float]
             "beta_err": float(metrics.beta_error(pred["betas"][has3d], pred["betas_true"][has3d]).mean()),
             "samples3d": int(has3d.sum()),
         })
-    counted = [(metrics.implausible_share(pred["hand_pose"][pred["side"] == k], hand_models[name]),
-                (pred["side"] == k).sum()) for k, name in enumerate(SIDES) if (pred["side"] == k).any()]
-    out["implausible"] = float(sum(share * n for share, n in counted) / len(pred["side"]))
+    for key, tolerance in (("implausible", 1.0), ("beyond_10deg", 10.0)):
+        counted = [(metrics.implausible_share(pred["hand_pose"][pred["side"] == k], hand_models[name], tolerance),
+                    (pred["side"] == k).sum()) for k, name in enumerate(SIDES) if (pred["side"] == k).any()]
+        out[key] = float(sum(share * n for share, n in counted) / len(pred["side"]))
     mags = metrics.beta_magnitudes(pred["betas"])
     out.update({"beta_abs_mean": mags["mean"], "beta_abs_p95": mags["p95"], "beta_abs_max": mags["max"]})
     return out
@@ -155,6 +159,26 @@ def rank(results: dict[str, dict], primary: tuple[str, ...] = ("pa_mpjpe_mm", "k
         return list(results), None
     sign = next(s for n, s, _, _ in COLUMNS if n == key)
     return sorted(results, key=lambda run: -sign * results[run][key]), key
+
+
+# The demo model's goals (issue 10): metric -> (name, unit, scale to the unit, comparison, bound in the unit).
+GOALS = {
+    "pa_mpjpe_mm": ("PA-MPJPE", "mm", 1, "<", 10.0),
+    "pa_pve_mm": ("PA per-vertex error", "mm", 1, "<", 10.0),
+    "pck5": ("PCK@5%", "%", 100, ">", 90.0),
+    "beyond_10deg": ("joint angles > 10° beyond the limits", "%", 100, "=", 0.0),
+}
+
+
+def goal_figures(figures: dict) -> dict[str, tuple[float, str, bool]]:
+    """For each goal a run's figures have: "name (unit)" -> (value in that unit, the goal as "< 10", met)."""
+    out = {}
+    for key, (name, unit, scale, comparison, bound) in GOALS.items():
+        if key in figures:
+            value = scale * figures[key]
+            met = {"<": value < bound, ">": value > bound, "=": value == bound}[comparison]
+            out[f"{name} ({unit})"] = (round(value, 2), f"{comparison} {bound:g}", bool(met))
+    return out
 
 
 def verdict(results: dict[str, dict], primary: tuple[str, ...] = ("pa_mpjpe_mm", "kp2d_rel")) -> str:

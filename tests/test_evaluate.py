@@ -92,3 +92,33 @@ def test_rank_orders_by_the_first_shared_primary_metric():
     del results["c"]
     assert evaluate.rank(results) == (["b", "a"], "pa_mpjpe_mm")
     assert evaluate.rank({"a": {}}) == (["a"], None)
+
+
+def test_pck5_and_the_shares_of_angles_beyond_the_limits():
+    from handlib.anatomy import joint_angles, pose_from_angles
+
+    models = {s: HandModel(toy_params(side=s), side=s).double() for s in ("right", "left")}
+    pred = _predictions(models, noise=0.0)
+    pred["kp2d_iters"][:3, -1, 0, 0] += 10.0  # 3 of the 6 x 21 keypoints far off
+    angles = torch.zeros(6, 15, 3, dtype=torch.float64)
+    angles[:, :, 2] = 0.5  # bends inside every joint's limits
+    angles[0, 1, 0] = np.radians(20)  # index PIP twisted 20° (its limit is 0): beyond by more than 10°
+    angles[1, 4, 1] = np.radians(5)   # middle PIP spread 5°: beyond, but by less than 10°
+    pred["hand_pose"] = np.concatenate([pose_from_angles(angles[i:i + 1], models[("right", "left")[s]]).numpy()
+                                        for i, s in enumerate(pred["side"])])
+    for i, s in enumerate(pred["side"]):  # the poses make the angles asked for
+        got = joint_angles(torch.tensor(pred["hand_pose"][i:i + 1]), models[("right", "left")[s]])
+        np.testing.assert_allclose(got.numpy(), angles[i:i + 1].numpy(), atol=1e-9)
+    figures = evaluate.evaluate(pred, models)
+    assert figures["pck5"] == pytest.approx(1 - 3 / (6 * 21))
+    assert figures["implausible"] == pytest.approx(2 / (6 * 45))
+    assert figures["beyond_10deg"] == pytest.approx(1 / (6 * 45))
+
+
+def test_goal_figures_say_which_goals_are_met():
+    goals = evaluate.goal_figures({"pa_mpjpe_mm": 9.5, "pa_pve_mm": 12.0, "pck5": 0.91, "beyond_10deg": 0.0,
+                                   "kp2d_px": 3.0})
+    assert goals == {"PA-MPJPE (mm)": (9.5, "< 10", True), "PA per-vertex error (mm)": (12.0, "< 10", False),
+                     "PCK@5% (%)": (91.0, "> 90", True), "joint angles > 10° beyond the limits (%)": (0.0, "= 0", True)}
+    assert evaluate.goal_figures({"beyond_10deg": 0.001})["joint angles > 10° beyond the limits (%)"][2] is False
+    assert evaluate.goal_figures({"pck5": 0.9})["PCK@5% (%)"][2] is False  # "over 90%"
