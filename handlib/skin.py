@@ -223,12 +223,22 @@ def skin_texture(atlas: SkinAtlas, rng: np.random.Generator, skin_class: int) ->
     picks = rng.choice(len(atlas.noise), 4, replace=False)
     amp = (rng.uniform(0, 1, 4) * [0.04, 0.02, 0.03, 0.02]).astype(np.float32)  # mottling, then redness
     knuckle_depth = rng.uniform(0.05, 0.15) * (0.4 + skin_class / 3)
-    shade = 1 - knuckle_depth * atlas.knuckle - rng.uniform(0.1, 0.25) * atlas.crease   # (S, S)
-    shade += amp[0] * atlas.noise[picks[0]] + amp[1] * atlas.noise[picks[1]]
-    red = amp[2] * np.maximum(atlas.noise[picks[2]], 0) + amp[3] * np.maximum(atlas.noise[picks[3]], 0)
-    colour = base + atlas.palm[..., None] * (palm_colour - base)                        # (S, S, 3)
-    colour *= shade[..., None]
-    colour += red[..., None] * np.array([1.0, -0.3, -0.5], np.float32)
+    # made once per person (then cached) but a few ms each: in-place, one channel at a time, few temporaries
+    shade = atlas.knuckle * np.float32(-knuckle_depth)                                   # (S, S)
+    shade += 1
+    shade -= np.float32(rng.uniform(0.1, 0.25)) * atlas.crease
+    shade += amp[0] * atlas.noise[picks[0]]
+    shade += amp[1] * atlas.noise[picks[1]]
+    red = np.maximum(atlas.noise[picks[2]], 0)
+    red *= amp[2]
+    red += amp[3] * np.maximum(atlas.noise[picks[3]], 0)
+    colour = np.empty((*shade.shape, 3), np.float32)                                     # (S, S, 3)
+    for c, redness in enumerate((1.0, -0.3, -0.5)):
+        channel = atlas.palm * (palm_colour[c] - base[c])
+        channel += base[c]
+        channel *= shade
+        channel += np.float32(redness) * red
+        colour[..., c] = channel
     if rng.random() < 0.1:  # nail polish
         nail = edge = rng.uniform(0.05, 0.9, 3).astype(np.float32)
     else:
@@ -236,7 +246,10 @@ def skin_texture(atlas: SkinAtlas, rng: np.random.Generator, skin_class: int) ->
     on = atlas.nail > 0  # few texels: blend the nails only there
     plate = nail + atlas.nail_tip[on][:, None] * (edge - nail)
     colour[on] += atlas.nail[on][:, None] * (plate - colour[on])
-    return (np.clip(colour, 0, 1) * 255 + 0.5).astype(np.uint8)
+    np.clip(colour, 0, 1, out=colour)
+    colour *= 255
+    colour += 0.5
+    return colour.astype(np.uint8)
 
 
 def _smooth_noise(position: np.ndarray, rng: np.random.Generator, wavelength: float, terms: int) -> np.ndarray:
