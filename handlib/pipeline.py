@@ -7,6 +7,7 @@ Notebooks report their key figures with `record_figures`, which the final summar
 
 import json
 import os
+import re
 import subprocess
 import time
 from datetime import datetime
@@ -50,7 +51,9 @@ def code_revision() -> str:
 
 
 def latest_run_dir(profile: str) -> Path | None:
-    runs = sorted(paths.RUNS.glob(f"*-{profile}"))
+    """The newest `<date>-<time>-<profile>` folder under runs/ (folders named otherwise are the user's own)."""
+    stamped = re.compile(rf"\d{{8}}-\d{{6}}-{re.escape(profile)}")
+    runs = sorted(p for p in paths.RUNS.glob(f"*-{profile}") if stamped.fullmatch(p.name))
     return runs[-1] if runs else None
 
 

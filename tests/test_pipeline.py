@@ -122,3 +122,14 @@ def test_doctor_finds_a_converted_npz_too(monkeypatch, tmp_path):
     (tmp_path / "MANO_LEFT.npz").write_bytes(b"")
     assert f"real MANO model: {tmp_path / 'MANO_LEFT.npz'}" in doctor.mano_line("left")
     assert "built-in" in doctor.mano_line("right")
+
+
+def test_make_run_continues_only_its_own_timestamped_folders(tmp_path, monkeypatch):
+    from handlib import paths
+
+    monkeypatch.setattr(paths, "RUNS", tmp_path)
+    assert pipeline.latest_run_dir("demo") is None
+    for name in ("20261127-101500-demo", "20261127-090000-demo", "my-own-demo", "zz-demo", "20261128-000000-quick"):
+        (tmp_path / name).mkdir()
+    assert pipeline.latest_run_dir("demo") == tmp_path / "20261127-101500-demo"
+    assert pipeline.latest_run_dir("quick") == tmp_path / "20261128-000000-quick"
