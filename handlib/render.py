@@ -407,6 +407,7 @@ class Renderer:
             np.zeros(len(self.faces), np.int32) if self.face_part is None else self.face_part.astype(np.int32))
         self._buffers: dict[str, moderngl.Buffer] = {}
         self._textures: dict[str, moderngl.Texture] = {}
+        self._layers: dict[str, int] = {}  # of each texture array, in use
         self._framebuffers: dict[tuple, dict] = {}  # least recently used first
         self._framebuffer_bytes: dict[tuple, int] = {}
 
@@ -582,14 +583,17 @@ class Renderer:
         self._face_part_buffer.bind_to_storage_buffer(5)
 
     def _upload_images(self, name: str, images: np.ndarray, mipmaps: bool) -> None:
-        """Upload (L, H, W, 3) uint8 images into a reused texture array."""
+        """Upload (L, H, W, 3) uint8 images into the first L layers of a reused texture array (made for a multiple
+        of 8 layers: batches of varying size, as the synthetic data's per side, reuse it rather than make one
+        each time)."""
         L, h, w, _ = images.shape
         texture = self._textures.get(name)
-        if texture is None or texture.size != (w, h, L):
+        if texture is None or texture.size[:2] != (w, h) or not L <= texture.size[2] <= 2 * L + 8:
             if texture is not None:
                 texture.release()
-            texture = self._textures[name] = self.ctx.texture_array((w, h, L), 3)
-        texture.write(images)
+            texture = self._textures[name] = self.ctx.texture_array((w, h, -(-L // 8) * 8 if L > 1 else 1), 3)
+        texture.write(images, viewport=(0, 0, 0, w, h, L))
+        self._layers[name] = L
         if mipmaps:
             texture.build_mipmaps()
             texture.filter = (moderngl.LINEAR_MIPMAP_LINEAR, moderngl.LINEAR)
@@ -670,7 +674,7 @@ class Renderer:
         self._vaos[clear].render(moderngl.TRIANGLE_STRIP, vertices=4, instances=stop - start)
         self.ctx.depth_func = "<"
         if texture is not None:
-            program["texture_per_sample"] = self._textures["albedo"].size[2] > 1
+            program["texture_per_sample"] = self._layers["albedo"] > 1
             program["first_sample"] = start
             program["albedo_map"] = 0
             self._textures["albedo"].use(0)
@@ -683,7 +687,7 @@ class Renderer:
             self._textures["background"].use(2)
         uniforms = {"coverage": 1, "tile_size": (self.width, self.height), "columns": columns,
                     "target_size": (columns * self.width, rows * self.height),
-                    "background_per_sample": image and self._textures["background"].size[2] > 1,
+                    "background_per_sample": image and self._layers["background"] > 1,
                     "first_sample": start, "backgrounds": 2}
         for resolve in (0, 1):
             program = self._composite[resolve, int(image)]

@@ -284,6 +284,22 @@ def test_per_sample_textures_backgrounds_and_chunks():
     np.testing.assert_array_equal(out["image"][outside], backgrounds[outside])
 
 
+def test_textures_and_backgrounds_of_batches_of_changing_size():
+    """Texture arrays are reused across batch sizes: each call shows its own textures and backgrounds."""
+    verts, faces, vt = uv_plane(2)
+    renderer = Renderer(faces, (H, W), vt=vt, ft=faces, samples=1)
+    cam, light = WeakPerspective(np.array([1.0, 0.0, 0.0])), Light(diffuse=0.0, ambient=1.0)
+    rng = np.random.default_rng(2)
+    for B in (5, 3, 12, 1):
+        textures = rng.integers(0, 256, (B, 4, 4, 3)).astype(np.uint8)
+        textures[:] = textures[:, :1, :1]  # one colour each
+        backgrounds = rng.integers(0, 256, (B, H, W, 3)).astype(np.uint8)
+        out = renderer.render(np.broadcast_to(verts, (B, *verts.shape)), cam, texture=textures,
+                              background=backgrounds, light=light, outputs=("image", "mask"))
+        np.testing.assert_array_equal(out["image"][:, H // 2, W // 2], textures[:, 0, 0])
+        np.testing.assert_array_equal(out["image"][~out["mask"]], backgrounds[~out["mask"]])
+
+
 def test_batch_equals_one_at_a_time_and_no_bleed():
     verts, faces, world, weak, persp = cameras(3)
     world = world.copy()
