@@ -9,15 +9,22 @@ context); install it with `pip install pyrender-maintained` (not a handlib depen
 skipped with a message. Times are the best of --repeats, as wall-clock seconds and as CPU seconds (all threads
 of the process, llvmpipe's included): on a shared machine the wall time grows with the others' load, the CPU
 time much less; the load average is printed beside them.
+
+Then the floor of this OpenGL driver for the same work (--floor, on by default): the same triangles, already
+projected, drawn with an empty fragment shader into framebuffers of the same size and samples, 64 images at a time
+(as handlib.render's chunks), faces turned away culled, with and without a full clear, and nothing read back. No
+renderer drawing these triangles on this driver at these samples can take less; on llvmpipe it is most of our time.
 """
 
 import argparse
+import math
 import os
 import subprocess
 import sys
 import tempfile
 import time
 
+import moderngl
 import numpy as np
 import torch
 
@@ -54,6 +61,67 @@ def time_handlib(verts, faces, K, size, samples, repeats):
         wall.append(time.perf_counter() - start)
         cpu.append(time.process_time() - start_cpu)
     return min(wall), min(cpu), setup, images
+
+
+_FLOOR_VS = """#version 450
+in vec3 in_position;
+void main() { gl_Position = vec4(in_position, 1.0); }
+"""
+_FLOOR_FS = """#version 450
+layout(location = 0) out vec4 f_color;
+void main() { f_color = vec4(1.0); }
+"""
+
+
+def time_floor(verts, faces, K, size, samples, repeats, chunk=64):
+    """(best CPU seconds to clear and draw, and to clear only): the triangles projected on the CPU into a tiled
+    framebuffer of 4x MSAA with supersampling for the rest, as handlib.render draws them."""
+    from handlib.gl import get_context
+    from handlib.render import _split_samples
+
+    ctx = get_context()
+    msaa, (sx, sy) = _split_samples(samples, ctx.max_samples)
+    columns = math.ceil(math.sqrt(chunk))
+    rows = math.ceil(chunk / columns)
+    p = verts @ K.T.astype(np.float32)  # (B, V, 3) pixels times depth
+    z = p[..., 2:]
+    pixels = p[..., :2] / z
+    near, far = z.min() * 0.99, z.max() * 1.01
+    ndc_z = ((far + near) - 2 * far * near / z) / (far - near)
+    with ctx:
+        fbo = ctx.framebuffer([ctx.texture((columns * size * sx, rows * size * sy), 4, samples=msaa if msaa > 1 else 0)],
+                              ctx.depth_renderbuffer((columns * size * sx, rows * size * sy),
+                                                     samples=msaa if msaa > 1 else 0))
+        program = ctx.program(vertex_shader=_FLOOR_VS, fragment_shader=_FLOOR_FS)
+        vaos = []
+        for start in range(0, len(verts), chunk):
+            k = np.arange(min(chunk, len(verts) - start))[:, None, None]
+            tile = np.concatenate([k % columns, k // columns], axis=-1) * size  # (n, 1, 2)
+            ndc = (pixels[start:start + chunk] + 0.5 + tile) * 2 / np.array([columns * size, rows * size]) - 1
+            vbo = ctx.buffer(np.concatenate([ndc, ndc_z[start:start + chunk]], axis=-1).astype(np.float32))
+            index = ctx.buffer((faces[None] + k * verts.shape[1]).astype(np.int32))
+            vaos.append(ctx.vertex_array(program, [(vbo, "3f", "in_position")], index_buffer=index,
+                                         index_element_size=4))
+        ctx.front_face = "cw"  # pixel y is down, as in handlib.render
+        ctx.cull_face = "back"
+
+        def run(draw: bool) -> float:
+            best = math.inf
+            for _ in range(repeats):
+                ctx.finish()
+                start = time.process_time()
+                for vao in vaos:
+                    fbo.use()
+                    fbo.clear(0.0, 0.0, 0.0, 0.0, depth=1.0)
+                    if draw:
+                        ctx.enable(moderngl.DEPTH_TEST | moderngl.CULL_FACE)
+                        vao.render(moderngl.TRIANGLES)
+                    ctx.finish()
+                best = min(best, time.process_time() - start)
+            return best
+
+        cleared = run(False)
+        return run(True), cleared
 
 
 def pyrender_worker(inp: str, out: str) -> None:
@@ -112,6 +180,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--samples", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-floor", dest="floor", action="store_false", help="skip the driver's floor")
     parser.add_argument("--pyrender-worker", nargs=2, metavar=("IN", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.pyrender_worker:
@@ -125,6 +194,11 @@ def main() -> None:
     ours, ours_cpu, setup, images = time_handlib(verts, faces, K, args.size, args.samples, args.repeats)
     print(f"handlib.render: {ours:.3f} s wall, {ours_cpu:.3f} s CPU ({ours / args.count * 1e3:.2f} ms per render; "
           f"renderer setup {setup:.3f} s, once)")
+    if args.floor:
+        drawn, cleared = time_floor(verts, faces, K, args.size, args.samples, args.repeats)
+        print(f"driver floor:   {drawn:.3f} s CPU to clear and draw the same triangles with an empty fragment shader "
+              f"({cleared:.3f} s of it the clears), nothing read back: {100 * drawn / ours_cpu:.0f}% of "
+              f"handlib.render's CPU time")
     theirs, theirs_cpu, other = time_pyrender(verts, faces, K, args.size, args.repeats)
     if theirs is None:
         print(other)
