@@ -89,9 +89,8 @@ def time_floor(verts, faces, K, size, samples, repeats, chunk=64):
     near, far = z.min() * 0.99, z.max() * 1.01
     ndc_z = ((far + near) - 2 * far * near / z) / (far - near)
     with ctx:
-        fbo = ctx.framebuffer([ctx.texture((columns * size * sx, rows * size * sy), 4, samples=msaa if msaa > 1 else 0)],
-                              ctx.depth_renderbuffer((columns * size * sx, rows * size * sy),
-                                                     samples=msaa if msaa > 1 else 0))
+        shape, multi = (columns * size * sx, rows * size * sy), msaa if msaa > 1 else 0
+        fbo = ctx.framebuffer([ctx.texture(shape, 4, samples=multi)], ctx.depth_renderbuffer(shape, samples=multi))
         program = ctx.program(vertex_shader=_FLOOR_VS, fragment_shader=_FLOOR_FS)
         vaos = []
         for start in range(0, len(verts), chunk):
