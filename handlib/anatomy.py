@@ -104,11 +104,17 @@ def pose_from_angles(angles: torch.Tensor, model) -> torch.Tensor:
     return aa - (articulation(aa, model) - aa)
 
 
+def limits(dtype: torch.dtype = torch.float32,
+           device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """LIMITS_DEG in radians: the lower and the upper limits (15, 3) each."""
+    rad = torch.deg2rad(torch.as_tensor(LIMITS_DEG, dtype=dtype, device=device))
+    return rad[..., 0], rad[..., 1]
+
+
 def random_angles(n: int, generator: torch.Generator | None = None, margin_deg: float = 0.0,
                   dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Angles (n, 15, 3) drawn uniformly inside the limits shrunk by `margin_deg` (plausible random poses)."""
-    limits = torch.deg2rad(torch.as_tensor(LIMITS_DEG, dtype=dtype))
-    lo, hi = limits[..., 0], limits[..., 1]
+    lo, hi = limits(dtype)
     margin = math.radians(margin_deg)
     lo, hi = torch.minimum(lo + margin, (lo + hi) / 2), torch.maximum(hi - margin, (lo + hi) / 2)
     return lo + (hi - lo) * torch.rand(n, 15, 3, generator=generator, dtype=dtype)
@@ -140,8 +146,8 @@ def compose(angles: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
 
 
 def _beyond(angles: torch.Tensor) -> torch.Tensor:
-    limits = torch.deg2rad(torch.as_tensor(LIMITS_DEG, dtype=angles.dtype, device=angles.device))
-    return torch.relu(angles - limits[..., 1]) + torch.relu(limits[..., 0] - angles)
+    lo, hi = limits(angles.dtype, angles.device)
+    return torch.relu(angles - hi) + torch.relu(lo - angles)
 
 
 def _quaternion(aa: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

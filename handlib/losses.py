@@ -83,7 +83,9 @@ def hand_losses(preds: list[HandPrediction], batch: dict, w: LossWeights,
     B = len(batch["keypoints2d"])
     has3d = batch["has3d"].float() if "has3d" in batch else torch.zeros(B, device=batch["keypoints2d"].device)
     terms = {name: [] for name, weight in asdict(w).items() if weight}
-    gt_verts = None
+    gt_verts = R_gt = None
+    if w.pose:  # the true joint rotations, once for all T iterations
+        R_gt = batch_rodrigues(batch["hand_pose"].reshape(-1, 3)).view(B, 15, 3, 3)
     if w.vertices:
         with torch.no_grad():
             v, k = net.pose(batch["hand_pose"], batch["betas"], batch["global_rotmat"], batch["side"])
@@ -96,7 +98,6 @@ def hand_losses(preds: list[HandPrediction], batch: dict, w: LossWeights,
             per_sample["shape"] = shape_loss(p.betas)
         if w.pose:
             R = batch_rodrigues(p.hand_pose.reshape(-1, 3)).view(B, 15, 3, 3)
-            R_gt = batch_rodrigues(batch["hand_pose"].reshape(-1, 3)).view(B, 15, 3, 3)
             per_sample["pose"] = has3d * rotation_loss(R, R_gt)
         if w.global_rot:
             per_sample["global_rot"] = has3d * rotation_loss(p.global_rotmat, batch["global_rotmat"])

@@ -167,10 +167,10 @@ class HandNet(nn.Module):
         anatomical space the codes of the mean pose's angles (kept 2% inside the limits)."""
         if self.pose_space == "axis_angle":
             return torch.zeros(45)
-        from handlib.anatomy import joint_angles
+        from handlib.anatomy import joint_angles, limits
 
         model = self.hand_models[side]
-        lo, hi = _angle_limits(model.v_template.dtype)
+        lo, hi = limits(model.v_template.dtype)
         angles = joint_angles(model.v_template.new_zeros(1, 45), model)[0]  # (15, 3)
         share = ((angles - lo) / (hi - lo).clamp_min(1e-9)).clamp(0.02, 0.98)
         return torch.logit(share).float().reshape(45)
@@ -181,9 +181,9 @@ class HandNet(nn.Module):
         can leave them (the thesis's hands twisted freely about their bones)."""
         if self.pose_space == "axis_angle":
             return code
-        from handlib.anatomy import pose_from_angles
+        from handlib.anatomy import limits, pose_from_angles
 
-        lo, hi = _angle_limits(code.dtype, code.device)
+        lo, hi = limits(code.dtype, code.device)
         angles = lo + (hi - lo) * torch.sigmoid(code.view(-1, 15, 3))
         return pose_from_angles(angles, self.hand_models[side])
 
@@ -233,9 +233,9 @@ class HandNet(nn.Module):
 
     def decode(self, theta: torch.Tensor, side: torch.Tensor, return_verts: bool = True) -> HandPrediction:
         """Θ (B, D) -> the posed hand and its projection, each sample through its side's hand model."""
+        R, code, betas, cam = self.unpack(theta)
         hand_pose, verts, kp3d = _by_side(
-            side, lambda idx, name: self.decode_side(theta[idx], name, return_verts)[1:])
-        R, _, betas, cam = self.unpack(theta)
+            side, lambda idx, name: self._articulate(code[idx], betas[idx], R[idx], name, return_verts))
         return HandPrediction(theta, R, hand_pose, betas, cam, verts, kp3d, weak_perspective(kp3d, cam))
 
     def unpack(self, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -250,9 +250,13 @@ class HandNet(nn.Module):
         """Θ (B, D) of samples all of one side -> camera (B, 3), hand_pose (B, 45), vertices (B, V, 3) or None,
         keypoints (B, 21, 3); no data-dependent shapes (ONNX exports it)."""
         R, code, betas, cam = self.unpack(theta)
+        return (cam, *self._articulate(code, betas, R, side, return_verts))
+
+    def _articulate(self, code: torch.Tensor, betas: torch.Tensor, R: torch.Tensor, side: str,
+                    return_verts: bool) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """Pose code, β, rotation of samples of one side -> hand_pose, vertices (or None), keypoints."""
         hand_pose = self.hand_pose_of(code, side)
-        verts, kp3d = self.pose_side(hand_pose, betas, R, side, return_verts)
-        return cam, hand_pose, verts, kp3d
+        return (hand_pose, *self.pose_side(hand_pose, betas, R, side, return_verts))
 
     def pose_side(self, hand_pose: torch.Tensor, betas: torch.Tensor, R: torch.Tensor, side: str,
                   return_verts: bool = True) -> tuple[torch.Tensor | None, torch.Tensor]:
@@ -280,10 +284,3 @@ def _by_side(side: torch.Tensor, run) -> tuple:
     return tuple(None if parts[0][1][n] is None else torch.cat([out[n] for _, out in parts])[order]
                  for n in range(len(parts[0][1])))
 
-
-def _angle_limits(dtype: torch.dtype, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-    """handlib.anatomy's limits in radians: lower and upper (15, 3) each."""
-    from handlib.anatomy import LIMITS_DEG
-
-    limits = torch.deg2rad(torch.as_tensor(LIMITS_DEG, dtype=dtype, device=device))
-    return limits[..., 0], limits[..., 1]
