@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from PIL import Image
@@ -120,34 +121,32 @@ def crop_transform(keypoints: np.ndarray, size: int, border: float, rng: np.rand
     return affine, flip, angle
 
 
-def warp(image: np.ndarray, affine: np.ndarray, size: int, resample=Image.BILINEAR) -> np.ndarray:
-    """The (size, size) crop of `image` (H, W[, C]) under `affine` (image pixels -> crop pixels)."""
-    img = Image.fromarray(image)
+def warp(image: np.ndarray, affine: np.ndarray, size: int) -> np.ndarray:
+    """The (size, size) crop of `image` (H, W[, C]) uint8 under `affine` (image pixels -> crop pixels), bilinear;
+    outside the image is black. Pixel centres are at integer coordinates, as in OpenCV (4x faster than PIL's
+    transform here, and no copies in and out of a PIL image: it runs for every training sample)."""
     factor = int(1 / np.abs(np.linalg.det(affine[:, :2])) ** 0.5)  # > 1 when shrinking
     if factor >= 2:  # box-filter first: bilinear sampling alone would alias
-        img = img.reduce(factor)
+        h, w = image.shape[:2]  # whole boxes only (the last partial row and column are dropped)
+        image = cv2.resize(image[:h - h % factor, :w - w % factor], (w // factor, h // factor),
+                           interpolation=cv2.INTER_AREA)
         # pixel centres: x_reduced = (x + 0.5) / factor - 0.5
         to_reduced = np.array([[factor, 0, (factor - 1) / 2], [0, factor, (factor - 1) / 2], [0, 0, 1.0]])
         affine = affine @ to_reduced
-    inv = np.linalg.inv(np.vstack([affine, [0, 0, 1]]))
-    # PIL samples output pixel centres at (u + 0.5, v + 0.5) and reads input at continuous coordinates.
-    shift_in = np.array([[1, 0, 0.5], [0, 1, 0.5], [0, 0, 1.0]])
-    shift_out = np.array([[1, 0, -0.5], [0, 1, -0.5], [0, 0, 1.0]])
-    coeffs = (shift_in @ inv @ shift_out)[:2].ravel()
-    return np.asarray(img.transform((size, size), Image.AFFINE, tuple(coeffs), resample=resample))
+    return cv2.warpAffine(image, affine, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
 
 
 def color_jitter(image: np.ndarray, rng: np.random.Generator, amount: float) -> np.ndarray:
-    """Random brightness b, contrast c and saturation s of a float image (H, W, 3) in [0, 1], applied in turn.
+    """Random brightness b, contrast c and saturation s of an image (H, W, 3) uint8, applied in turn.
 
-    The three steps compose into one affine map of the pixel x and its grey g (the channel mean), with m the
-    image's mean grey: s·c·b·x + c·b·(1 − s)·g + b·(1 − c)·m. One pass instead of three: it runs per sample.
+    The three steps compose into one affine colour map of the pixel x and its grey g (the channel mean), with m
+    the image's mean grey: s·c·b·x + c·b·(1 − s)·g + b·(1 − c)·m. One OpenCV pass (rounded, clipped to 0..255)
+    instead of three float passes: it runs per sample.
     """
     b, c, s = rng.uniform(1 - amount, 1 + amount, 3)
-    grey = (image[..., :1] + image[..., 1:2] + image[..., 2:]) / 3  # (H, W, 1); numpy's mean(2) is slower
-    out = image * np.float32(s * c * b)
-    out += grey * np.float32(c * b * (1 - s)) + np.float32(b * (1 - c) * grey.mean())
-    return np.clip(out, 0, 1, out=out)
+    m = sum(cv2.mean(image)[:3]) / 3
+    colour = s * c * b * np.eye(3) + c * b * (1 - s) / 3
+    return cv2.transform(image, np.c_[colour, np.full(3, b * (1 - c) * m)].astype(np.float32))
 
 
 def rotation_z(angle: float) -> np.ndarray:
@@ -190,13 +189,13 @@ class HandCrops(torch.utils.data.Dataset):
     def prepare(self, raw: dict, rng: np.random.Generator | None) -> dict:
         kp = np.asarray(raw["keypoints"], np.float64)  # (21, 3)
         affine, flip, angle = crop_transform(kp, self.size, self.border, rng, self.augment)
-        image = warp(np.ascontiguousarray(raw["image"]), affine, self.size).astype(np.float32) / 255
+        image = warp(np.ascontiguousarray(raw["image"]), affine, self.size)  # (S, S, 3) uint8
         if rng is not None and self.augment.color:
             image = color_jitter(image, rng, self.augment.color)
         crop_xy = kp[:, :2] @ affine[:, :2].T + affine[:, 2]
         side = {"right": 0, "left": 1}[raw["side"]]
         out = {
-            "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1) * 2 - 1, np.float32)),
+            "image": torch.from_numpy(image).permute(2, 0, 1).float().mul_(2 / 255).sub_(1),  # (3, S, S)
             "keypoints2d": pixels_to_normalized(torch.tensor(crop_xy, dtype=torch.float32), self.size, self.size),
             "certainty": torch.tensor(kp[:, 2], dtype=torch.float32),
             "side": torch.tensor(side ^ int(flip)),
