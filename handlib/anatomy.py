@@ -98,9 +98,11 @@ def joint_limit_loss(hand_pose: torch.Tensor, model) -> torch.Tensor:
     return limit_excess(hand_pose, model).square().sum((1, 2))
 
 
-def pose_from_angles(angles: torch.Tensor, model) -> torch.Tensor:
-    """The hand_pose (B, 45) whose joints make (twist, spread, bend) `angles` (B, 15, 3) in radians."""
-    aa = compose(angles, model_frames(model).to(angles)).reshape(-1, 45)
+def pose_from_angles(angles: torch.Tensor, model, frames: torch.Tensor | None = None) -> torch.Tensor:
+    """The hand_pose (B, 45) whose joints make (twist, spread, bend) `angles` (B, 15, 3) in radians.
+    frames: model_frames(model), for callers that keep them (the network, at every training step)."""
+    frames = model_frames(model) if frames is None else frames
+    aa = compose(angles, frames.to(angles)).reshape(-1, 45)
     return aa - (articulation(aa, model) - aa)
 
 

@@ -151,6 +151,10 @@ class HandNet(nn.Module):
             starts.append(torch.cat([rot, self._mean_pose_code(name), torch.zeros(10),
                                      torch.tensor([1.0, tx, t0[1]])]))
         self.register_buffer("mean_thetas", torch.stack(starts))  # (2, D) per side
+        if pose_space == "anatomical":  # constants of the rest skeletons, not rebuilt at every step
+            from handlib.anatomy import model_frames
+            self.register_buffer("joint_frames", torch.stack([model_frames(self.hand_models[s]) for s in SIDES]),
+                                 persistent=False)  # (2, 15, 3, 3)
 
     @property
     def mean_theta(self) -> torch.Tensor:
@@ -185,7 +189,7 @@ class HandNet(nn.Module):
 
         lo, hi = limits(code.dtype, code.device)
         angles = lo + (hi - lo) * torch.sigmoid(code.view(-1, 15, 3))
-        return pose_from_angles(angles, self.hand_models[side])
+        return pose_from_angles(angles, self.hand_models[side], self.joint_frames[SIDES.index(side)])
 
     @torch.no_grad()
     def _mean_view(self) -> tuple[float, list[float], torch.Tensor]:
