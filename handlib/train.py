@@ -12,6 +12,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -97,6 +98,15 @@ def train(cfg: TrainConfig, train_sources: dict, val_sources: dict, hand_models:
     train_sources / val_sources: {dataset name: source} (handlib.loader's source protocol); cfg.mix names the
     share of each in the training draws. hand_models: {"right", "left"} (default: HandModel.default).
     """
+    for result in training_steps(cfg, train_sources, val_sources, hand_models):
+        pass
+    return result
+
+
+def training_steps(cfg: TrainConfig, train_sources: dict, val_sources: dict,
+                   hand_models: dict | None = None) -> Iterator[dict]:
+    """`train` one iteration per next(): yields the figures so far after each iteration, then the final ones
+    (benchmarks/train_step.py times single iterations of the real loop this way)."""
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     device = torch.device(cfg.device if cfg.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
     if world > 1:
@@ -154,53 +164,56 @@ def train(cfg: TrainConfig, train_sources: dict, val_sources: dict, hand_models:
     result, clock, timed = {}, time.perf_counter(), 0
     bar = tqdm(total=cfg.iterations, initial=start, disable=not (main and cfg.progress), desc="train")
     batches = iter(loader)
-    for it in range(start, cfg.iterations):
-        batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items()}
-        net.train()
-        preds = model(batch["image"], batch["side"], return_verts=needs_verts)
-        loss, parts = hand_losses(preds, batch, weights, net)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        opt.step()
-        sched.step()
-        timed += 1
-        if it == start:  # the speed leaves out the first step (worker start-up, allocations)
-            clock, timed = time.perf_counter(), 0
-        bar.update()
-        done = it + 1
-        if main and (done % cfg.log_every == 0 or done == cfg.iterations):
-            speed = timed / max(time.perf_counter() - clock, 1e-9)
-            writer.add_scalar("train/loss", loss.item(), done)
-            for name, value in parts.items():
-                writer.add_scalar(f"train/{name}", value.item(), done)
-            writer.add_scalar("train/lr", sched.get_last_lr()[0], done)
-            writer.add_scalar("train/it_per_s", speed, done)
-            bar.set_postfix(loss=f"{loss.item():.3g}", it_s=f"{speed:.2f}")
-            result.update({"it_per_s": speed, "train_loss": loss.item(),
-                           **{f"train_{name}": value.item() for name, value in parts.items()}})
-        if main and (done % cfg.val_every == 0 or done == cfg.iterations):
-            figures = validate(net, val_batch, weights, device)
-            for name, value in figures.items():
-                writer.add_scalar(f"val/{name}", value, done)
-            result.update(figures)
-        if main and (done % cfg.image_every == 0 or done == cfg.iterations):
-            writer.add_image("val/keypoints", keypoint_pictures(net, val_batch, cfg.images, device), done,
-                             dataformats="HWC")
-            if cfg.render_meshes:
-                writer.add_image("val/meshes", mesh_pictures(net, val_batch, cfg.images, device), done,
+    try:
+        for it in range(start, cfg.iterations):
+            batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items()}
+            net.train()
+            preds = model(batch["image"], batch["side"], return_verts=needs_verts)
+            loss, parts = hand_losses(preds, batch, weights, net)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            opt.step()
+            sched.step()
+            timed += 1
+            if it == start:  # the speed leaves out the first step (worker start-up, allocations)
+                clock, timed = time.perf_counter(), 0
+            bar.update()
+            done = it + 1
+            if main and (done % cfg.log_every == 0 or done == cfg.iterations):
+                speed = timed / max(time.perf_counter() - clock, 1e-9)
+                writer.add_scalar("train/loss", loss.item(), done)
+                for name, value in parts.items():
+                    writer.add_scalar(f"train/{name}", value.item(), done)
+                writer.add_scalar("train/lr", sched.get_last_lr()[0], done)
+                writer.add_scalar("train/it_per_s", speed, done)
+                bar.set_postfix(loss=f"{loss.item():.3g}", it_s=f"{speed:.2f}")
+                result.update({"it_per_s": speed, "train_loss": loss.item(),
+                               **{f"train_{name}": value.item() for name, value in parts.items()}})
+            if main and (done % cfg.val_every == 0 or done == cfg.iterations):
+                figures = validate(net, val_batch, weights, device)
+                for name, value in figures.items():
+                    writer.add_scalar(f"val/{name}", value, done)
+                result.update(figures)
+            if main and (done % cfg.image_every == 0 or done == cfg.iterations):
+                writer.add_image("val/keypoints", keypoint_pictures(net, val_batch, cfg.images, device), done,
                                  dataformats="HWC")
-        if main and (done % cfg.checkpoint_every == 0 or done == cfg.iterations):
-            save_checkpoint(run_dir / CHECKPOINT, net, opt, sched, done, cfg)
-    bar.close()
-    if main and "loss" not in result:  # a finished run, resumed: its figures again, its speed unknown
-        result.update({"it_per_s": float("nan"), **validate(net, val_batch, weights, device)})
-    if writer:
-        writer.close()
-    if world > 1:
-        torch.distributed.destroy_process_group()
-    return {**result, "iterations": cfg.iterations, "resumed_from": start}
+                if cfg.render_meshes:
+                    writer.add_image("val/meshes", mesh_pictures(net, val_batch, cfg.images, device), done,
+                                     dataformats="HWC")
+            if main and (done % cfg.checkpoint_every == 0 or done == cfg.iterations):
+                save_checkpoint(run_dir / CHECKPOINT, net, opt, sched, done, cfg)
+            yield result
+        if main and "loss" not in result:  # a finished run, resumed: its figures again, its speed unknown
+            result.update({"it_per_s": float("nan"), **validate(net, val_batch, weights, device)})
+        yield {**result, "iterations": cfg.iterations, "resumed_from": start}
+    finally:  # also when the caller stops early
+        bar.close()
+        if writer:
+            writer.close()
+        if world > 1:
+            torch.distributed.destroy_process_group()
 
 
 def save_checkpoint(path: Path, net: HandNet, opt, sched, iteration: int, cfg: TrainConfig) -> None:

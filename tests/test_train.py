@@ -104,6 +104,19 @@ def test_a_killed_run_resumes_to_bit_identical_parameters(tmp_path, monkeypatch)
         train(dataclasses.replace(killed, lr=0.5), data, val, _hands())
 
 
+def test_training_steps_yields_each_iteration_and_a_stopped_run_resumes(tmp_path):
+    data, val = {"toy": _source(6, 5)}, {"toy": _source(2, 6)}
+    cfg = _cfg(tmp_path, iterations=4)
+    steps = training.training_steps(cfg, data, val, _hands())
+    for _ in range(2):
+        next(steps)
+    steps.close()  # as a benchmark stops: the checkpoint of iteration 2 stays
+    assert torch.load(tmp_path / "run" / CHECKPOINT, weights_only=False)["iteration"] == 2
+    yields = list(training.training_steps(cfg, data, val, _hands()))
+    assert len(yields) == 2 + 1 and yields[-1]["resumed_from"] == 2 and yields[-1]["iterations"] == 4
+    assert "train_loss" in yields[-2] and "pa_mpjpe_mm" not in yields[-2]  # the toy data have no 3D labels
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
