@@ -5,10 +5,12 @@ A run folder remembers which notebooks completed, with which parameters and whic
 Notebooks report their key figures with `record_figures`, which the final summary prints.
 """
 
+import contextlib
 import json
 import os
 import re
 import subprocess
+import sys
 import time
 from datetime import datetime
 from pathlib import Path
@@ -22,6 +24,7 @@ from handlib.io import atomic_write_text
 NOTEBOOKS = paths.REPO / "notebooks"
 CONFIGS = paths.REPO / "configs"
 REPORT_NOTEBOOK = "05_evaluate"
+KERNEL_LOG = "kernels.log"  # the kernels' own stderr, per run folder
 
 
 def notebooks() -> list[Path]:
@@ -103,12 +106,18 @@ def run(profile: str = "demo", run_dir: Path | None = None, only: list[str] | No
         try:
             # The kernel's own warnings (e.g. "running over TCP without encryption") would drown the progress lines;
             # the notebook's warnings still land in its cells.
-            papermill.execute_notebook(nb, out, parameters=params, cwd=str(paths.REPO), progress_bar=False,
-                                       extra_arguments=["--IPKernelApp.log_level=ERROR"])
+            with kernel_stderr_to(run_dir / KERNEL_LOG):
+                papermill.execute_notebook(nb, out, parameters=params, cwd=str(paths.REPO), progress_bar=False,
+                                           extra_arguments=["--IPKernelApp.log_level=ERROR"])
         except papermill.PapermillExecutionError as err:
             print(f"FAILED after {time.perf_counter() - start:.0f} s")
             raise SystemExit(f"{nb.name} failed in cell {err.exec_count}: {err.ename}: {err.evalue}\n"
-                             f"the executed notebook up to the failure is {out}") from err
+                             f"the executed notebook up to the failure is {out}; the kernel's own messages are "
+                             f"in {run_dir / KERNEL_LOG}") from err
+        except Exception:
+            print(f"FAILED after {time.perf_counter() - start:.0f} s; the kernel's own messages are in "
+                  f"{run_dir / KERNEL_LOG}")
+            raise
         seconds = time.perf_counter() - start
         stages[nb.stem] = {"params": params, "revision": revision, "seconds": round(seconds, 1)}
         atomic_write_text(stages_path, json.dumps(stages, indent=1))
@@ -117,6 +126,25 @@ def run(profile: str = "demo", run_dir: Path | None = None, only: list[str] | No
         print(f"report: {write_report(run_dir / f'{REPORT_NOTEBOOK}.ipynb')}")
     print(summary_table(run_dir, [nb.stem for nb in selected], stages))
     return run_dir
+
+
+@contextlib.contextmanager
+def kernel_stderr_to(path: Path):
+    """Kernels started inside write their process's stderr to `path` (appended), not to the terminal: C++
+    libraries log there (mediapipe's TensorFlow Lite and absl lines) and would break the progress lines. A kernel
+    inherits file descriptor 2 from this process, so that is what is redirected, for the duration."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(path, "ab") as log:
+            os.dup2(log.fileno(), 2)
+            try:
+                yield
+            finally:
+                sys.stderr.flush()
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
 
 
 def write_report(executed: Path) -> Path:

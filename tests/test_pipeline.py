@@ -62,6 +62,22 @@ def test_run_stops_at_a_failing_notebook_and_names_it(project, tmp_path):
     assert (tmp_path / "run" / "00_bad.ipynb").exists()
 
 
+def test_the_kernels_own_stderr_goes_to_the_run_folder_log(project, tmp_path, capfd):
+    notebooks, _ = project
+    # as a C++ library logs: straight to file descriptor 2, past Python's sys.stderr
+    _notebook(notebooks / "00_noisy.ipynb", "import os\nos.write(2, b'W0000 native log line\\n')\nprint('cell output')")
+    run_dir = pipeline.run("demo", run_dir=tmp_path / "run")
+    out, err = capfd.readouterr()
+    assert "native log line" not in out + err and "[1/1] 00_noisy ... done" in out
+    assert "W0000 native log line" in (run_dir / pipeline.KERNEL_LOG).read_text()
+    assert "cell output" in (run_dir / "00_noisy.ipynb").read_text()  # the notebook's own output is untouched
+    with pipeline.kernel_stderr_to(tmp_path / "other.log"):
+        pass
+    import os
+    os.write(2, b"after\n")  # descriptor 2 is the terminal's again
+    assert capfd.readouterr().err == "after\n"
+
+
 def test_doctor_reports_missing_optional_data(monkeypatch, tmp_path):
     monkeypatch.setattr(doctor.paths, "MANO_DIR", tmp_path / "mano")
     monkeypatch.setattr(doctor.paths, "HANDS11K_DIR", tmp_path / "11k")
