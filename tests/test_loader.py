@@ -165,3 +165,17 @@ def test_color_jitter_equals_brightness_then_contrast_then_saturation():
     # whole levels, clipped to 0..255; OpenCV's 8-bit path computes in fixed point: within one level
     np.testing.assert_allclose(got, expected, atol=1.0)
     assert np.abs(expected - image).max() > 10  # the draw does change the image
+
+
+def test_crops_in_forked_workers_after_the_parent_used_opencv_threads():
+    # OpenCV's thread pool, once started in the parent, must not hang the workers the DataLoader forks
+    from handlib.loader import warp
+
+    big = np.random.default_rng(1).integers(0, 256, (1200, 1600, 3), dtype=np.uint8)
+    warp(big, np.array([[1.0, 0, 0], [0, 1.0, 0]]), 1024)  # large enough to run on OpenCV's threads
+    kp = _keypoints(np.random.default_rng(2))
+    crops = HandCrops([{"image": _blob_image(kp), "keypoints": kp, "side": "right"}] * 4, 48, augment=STRONG)
+    keys = [(0, i, i) for i in range(4)]
+    loader = torch.utils.data.DataLoader(Mixture([crops]), batch_size=2, sampler=keys, num_workers=2, timeout=60)
+    got = torch.cat([b["image"] for b in loader])
+    assert torch.equal(got, torch.stack([crops[(i, d)]["image"] for _, i, d in keys]))
