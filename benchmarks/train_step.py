@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -66,6 +67,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    demo = yaml.safe_load((REPO / "configs" / "demo" / "04_train.yaml").read_text())
     hands = {side: HandModel.default(side) for side in ("right", "left")}
     data = {"synthetic": samples(hands)}
     encoder = build_encoder(args.encoder, "random").train()
@@ -78,14 +80,12 @@ def main() -> None:
     print(f"{args.encoder} {args.size} px, batch {args.batch}, torch threads {torch.get_num_threads()}, "
           f"{args.workers} loader worker(s), {args.pairs} timed pairs after {args.warmup}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        # the demo profile's pose space and losses (configs/demo/04_train.yaml); the last iteration (validation,
-        # pictures, checkpoint) is never reached
+        # the demo profile's pose space and losses; the last iteration (validation, pictures, checkpoint) is never
+        # reached
         cfg = TrainConfig(run_dir=tmp, encoder=args.encoder, image_size=args.size, batch_size=args.batch,
                           iterations=args.warmup + args.pairs + 1, workers=args.workers, log_every=10,
                           val_every=10 ** 9, image_every=10 ** 9, checkpoint_every=10 ** 9, val_batch=4,
-                          progress=False, render_meshes=False, pose_space="anatomical",
-                          losses={"reproj": 100, "shape": 0.1, "pose": 1, "global_rot": 1, "betas": 1,
-                                  "keypoints3d": 100})
+                          progress=False, render_meshes=False, pose_space=demo["pose_space"], losses=demo["losses"])
         steps = training_steps(cfg, data, data, hands)
         enc, full = [], []
         for k in range(args.warmup + args.pairs):
