@@ -104,11 +104,8 @@ def run(profile: str = "demo", run_dir: Path | None = None, only: list[str] | No
         rerun = True
         start = time.perf_counter()
         try:
-            # The kernel's own warnings (e.g. "running over TCP without encryption") would drown the progress lines;
-            # the notebook's warnings still land in its cells.
             with kernel_stderr_to(run_dir / KERNEL_LOG):
-                papermill.execute_notebook(nb, out, parameters=params, cwd=str(paths.REPO), progress_bar=False,
-                                           extra_arguments=["--IPKernelApp.log_level=ERROR"])
+                papermill.execute_notebook(nb, out, parameters=params, cwd=str(paths.REPO), progress_bar=False)
         except papermill.PapermillExecutionError as err:
             print(f"FAILED after {time.perf_counter() - start:.0f} s")
             raise SystemExit(f"{nb.name} failed in cell {err.exec_count}: {err.ename}: {err.evalue}\n"
@@ -130,9 +127,10 @@ def run(profile: str = "demo", run_dir: Path | None = None, only: list[str] | No
 
 @contextlib.contextmanager
 def kernel_stderr_to(path: Path):
-    """Kernels started inside write their process's stderr to `path` (appended), not to the terminal: C++
-    libraries log there (mediapipe's TensorFlow Lite and absl lines) and would break the progress lines. A kernel
-    inherits file descriptor 2 from this process, so that is what is redirected, for the duration."""
+    """Kernels started inside write their process's stderr to `path` (appended), not to the terminal: the kernel's
+    own warnings ("running over TCP without encryption") and C++ libraries' logging (mediapipe's TensorFlow Lite
+    and absl lines) would break the progress lines. A kernel inherits file descriptor 2 from this process, so
+    that is what is redirected, for the duration. The notebook's own warnings still land in its cells."""
     sys.stderr.flush()
     saved = os.dup(2)
     try:
