@@ -27,6 +27,11 @@ class LossWeights:
     joint_limits: float = 0.0   # any sample: handlib.anatomy.joint_limit_loss of the pose
     silhouette: float = 0.0     # samples with masks: projected vertices inside the mask, and mask covered
 
+    @property
+    def needs_vertices(self) -> bool:
+        """Whether a term uses the meshes; else the keypoints alone will do (a fraction of the cost)."""
+        return bool(self.vertices or self.silhouette)
+
 
 def reprojection_loss(pred2d: torch.Tensor, gt2d: torch.Tensor, certainty: torch.Tensor) -> torch.Tensor:
     """Σ_i ‖c_i (x_i − x̂_i)‖_1 per sample: pred2d, gt2d (B, 21, 2), certainty (B, 21) -> (B,)."""

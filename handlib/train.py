@@ -126,7 +126,7 @@ def training_steps(cfg: TrainConfig, train_sources: dict, val_sources: dict,
     start = 0
     if (run_dir / CHECKPOINT).exists():
         ckpt = torch.load(run_dir / CHECKPOINT, map_location=device, weights_only=False)
-        saved = {f.name: f.default for f in dataclasses.fields(TrainConfig)} | ckpt["config"]  # older: defaults
+        saved = saved_config(ckpt)
         changed = sorted(k for k, v in dataclasses.asdict(cfg).items() if k not in NOT_RESULTS and saved.get(k) != v)
         if changed:
             raise ValueError(f"{run_dir / CHECKPOINT} was written with other settings ({changed}): resume with "
@@ -158,7 +158,6 @@ def training_steps(cfg: TrainConfig, train_sources: dict, val_sources: dict,
         generator=torch.Generator().manual_seed(cfg.seed))  # own generator: workers leave the global RNG alone
     val_batch = validation_batch(crops(val_sources, cfg, augment=False), cfg.val_batch)
     weights = LossWeights(**cfg.losses)
-    needs_verts = bool(weights.vertices or weights.silhouette)  # else the keypoints alone: a fraction of the cost
     writer = SummaryWriter(str(run_dir / "tb")) if main else None
 
     result, clock, timed = {}, time.perf_counter(), 0
@@ -168,7 +167,7 @@ def training_steps(cfg: TrainConfig, train_sources: dict, val_sources: dict,
         for it in range(start, cfg.iterations):
             batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items()}
             net.train()
-            preds = model(batch["image"], batch["side"], return_verts=needs_verts)
+            preds = model(batch["image"], batch["side"], return_verts=weights.needs_vertices)
             loss, parts = hand_losses(preds, batch, weights, net)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -216,6 +215,11 @@ def training_steps(cfg: TrainConfig, train_sources: dict, val_sources: dict,
             torch.distributed.destroy_process_group()
 
 
+def saved_config(ckpt: dict) -> dict:
+    """A checkpoint's settings; those older checkpoints lack take their defaults."""
+    return {f.name: f.default for f in dataclasses.fields(TrainConfig)} | ckpt["config"]
+
+
 def save_checkpoint(path: Path, net: HandNet, opt, sched, iteration: int, cfg: TrainConfig) -> None:
     state = {"model": net.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
              "rng": torch.get_rng_state(), "iteration": iteration, "config": dataclasses.asdict(cfg)}
@@ -230,10 +234,10 @@ def load_network(run_dir: str | os.PathLike, hand_models: dict | None = None,
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path}: train first (handlib.train.train)")
     ckpt = torch.load(path, map_location=device, weights_only=False)
-    cfg = ckpt["config"]
+    cfg = saved_config(ckpt)
     # The ImageNet weights are in the checkpoint: build the encoder empty.
     net = HandNet(cfg["encoder"], "random", cfg["ief_iterations"], cfg["rotation"], cfg["dropout"],
-                  hand_models=hand_models, pose_space=cfg.get("pose_space", "axis_angle"))
+                  hand_models=hand_models, pose_space=cfg["pose_space"])
     net.load_state_dict(ckpt["model"])
     return net.to(device).eval()
 
@@ -255,7 +259,7 @@ def validate(net: HandNet, batch: dict, weights: LossWeights, device) -> dict:
     diagonal, metrics.hand_size), and on samples with 3D labels MPJPE (wrist-aligned) and PA-MPJPE in mm."""
     net.eval()
     batch = {k: v.to(device) for k, v in batch.items()}
-    preds = net(batch["image"], batch["side"], return_verts=bool(weights.vertices or weights.silhouette))
+    preds = net(batch["image"], batch["side"], return_verts=weights.needs_vertices)
     loss, _ = hand_losses(preds, batch, weights, net)
     p = preds[-1]
     seen = batch["certainty"] > 0
