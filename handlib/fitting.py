@@ -16,12 +16,11 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
-from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
 from handlib import anatomy, solver
-from handlib.camera import pixels_to_normalized, weak_perspective
-from handlib.losses import silhouette_loss
+from handlib.camera import weak_perspective
+from handlib.losses import mask_targets, silhouette_loss
 from handlib.metrics import procrustes
 
 STAGES = ("pose", "shape", "both")
@@ -96,12 +95,8 @@ class Silhouettes:
         for i, mask in enumerate(masks):
             if mask is None or not np.any(mask):
                 continue
-            mask = np.asarray(mask, bool)
-            dist[i, 0] = ndimage.distance_transform_edt(~mask) * (2 / m)
-            ys, xs = np.nonzero(mask)
-            pick = np.linspace(0, len(xs) - 1, points).round().astype(int)
-            pts[i] = pixels_to_normalized(torch.as_tensor(np.stack([xs[pick], ys[pick]], 1), dtype=torch.float64),
-                                          m, m).numpy()
+            dist[i, 0], centres = mask_targets(np.asarray(mask, bool))
+            pts[i] = centres[np.linspace(0, len(centres) - 1, points).round().astype(int)].numpy()
             has[i] = True
         return cls(torch.as_tensor(dist), torch.as_tensor(pts), torch.as_tensor(has))
 

@@ -19,9 +19,9 @@ import cv2
 import numpy as np
 import torch
 from PIL import Image
-from scipy import ndimage
 
 from handlib.camera import pixels_to_normalized
+from handlib.losses import mask_targets
 from handlib.rotations import mirror_axis_angle
 
 THUMB_CMC = 1  # OpenPose index of the thumb's CMC joint
@@ -237,12 +237,10 @@ class HandCrops(torch.utils.data.Dataset):
         mask = warp(np.asarray(raw["mask"], np.uint8) * 255, to_mask, m) > 127
         if not mask.any():
             return {"has_mask": torch.tensor(False), "mask_dist": torch.zeros(1, m, m), "mask_points": torch.zeros(n, 2)}
-        dist = ndimage.distance_transform_edt(~mask) * (2 / m)
-        ys, xs = np.nonzero(mask)
-        pick = (rng or np.random.default_rng(0)).integers(0, len(xs), n)
-        pts = pixels_to_normalized(torch.tensor(np.stack([xs[pick], ys[pick]], 1), dtype=torch.float32), m, m)
+        dist, centres = mask_targets(mask)
+        pick = (rng or np.random.default_rng(0)).integers(0, len(centres), n)
         return {"has_mask": torch.tensor(True), "mask_dist": torch.tensor(dist, dtype=torch.float32)[None],
-                "mask_points": pts}
+                "mask_points": centres[pick].float()}
 
 
 class Mixture(torch.utils.data.Dataset):

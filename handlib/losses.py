@@ -7,10 +7,12 @@ processes, the mean of the processes' losses is the loss of the global batch. A 
 
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 
-from handlib.camera import weak_perspective
+from handlib.camera import pixels_to_normalized, weak_perspective
 from handlib.network import SIDES, HandNet, HandPrediction
 from handlib.model import batch_rodrigues
 
@@ -63,6 +65,15 @@ def silhouette_loss(verts2d: torch.Tensor, mask_dist: torch.Tensor, mask_points:
     outside = F.grid_sample(mask_dist, verts2d[:, None], align_corners=False, padding_mode="border")
     cover = torch.cdist(mask_points, verts2d).min(dim=2).values  # (B, M)
     return outside.flatten(1).mean(1) + cover.mean(1)
+
+
+def mask_targets(mask: np.ndarray) -> tuple[np.ndarray, torch.Tensor]:
+    """What `silhouette_loss` needs of a square mask (m, m) bool: each pixel's distance to the mask (m, m) and the
+    centres of the mask's pixels (N, 2) row by row, both in [-1, 1] units (float64)."""
+    m = len(mask)
+    ys, xs = np.nonzero(mask)
+    centres = pixels_to_normalized(torch.as_tensor(np.stack([xs, ys], 1), dtype=torch.float64), m, m)
+    return ndimage.distance_transform_edt(~mask) * (2 / m), centres
 
 
 def joint_limits(hand_pose: torch.Tensor, side: torch.Tensor, net: HandNet) -> torch.Tensor:
