@@ -136,6 +136,11 @@ def warp(image: np.ndarray, affine: np.ndarray, size: int) -> np.ndarray:
     return cv2.warpAffine(image, affine, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
 
 
+def network_image(image: np.ndarray) -> torch.Tensor:
+    """An image (H, W, 3) uint8 as the network takes it: (3, H, W) float32 in [-1, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().mul_(2 / 255).sub_(1)
+
+
 def color_jitter(image: np.ndarray, rng: np.random.Generator, amount: float) -> np.ndarray:
     """Random brightness b, contrast c and saturation s of an image (H, W, 3) uint8, applied in turn.
 
@@ -195,7 +200,7 @@ class HandCrops(torch.utils.data.Dataset):
         crop_xy = kp[:, :2] @ affine[:, :2].T + affine[:, 2]
         side = {"right": 0, "left": 1}[raw["side"]]
         out = {
-            "image": torch.from_numpy(image).permute(2, 0, 1).float().mul_(2 / 255).sub_(1),  # (3, S, S)
+            "image": network_image(image),
             "keypoints2d": pixels_to_normalized(torch.tensor(crop_xy, dtype=torch.float32), self.size, self.size),
             "certainty": torch.tensor(kp[:, 2], dtype=torch.float32),
             "side": torch.tensor(side ^ int(flip)),

@@ -446,14 +446,14 @@ class NetworkPredictor:
 
     def crop(self, image: np.ndarray, box: np.ndarray) -> torch.Tensor:
         """The network's input (3, size, size) in [-1, 1]: the crop `box` of `image` (H, W, 3) uint8."""
-        from handlib.loader import warp
+        from handlib.loader import network_image, warp
 
         h, w = image.shape[:2]
         # a box beyond the photo gets the photo's edge colours (the warp alone would fill it black)
         pad = int(np.ceil(max(0.0, -box[0], -box[1], box[0] + box[2] - w, box[1] + box[2] - h))) + 1
         image = np.pad(image, ((pad, pad), (pad, pad), (0, 0)), mode="edge")
         crop = warp(image, crop_affine(np.array([box[0] + pad, box[1] + pad, box[2]]), self.size), self.size)
-        return torch.tensor(crop, dtype=torch.float32).permute(2, 0, 1) / 127.5 - 1
+        return network_image(crop)
 
     @torch.no_grad()
     def predict(self, images: list[np.ndarray], boxes: list[np.ndarray], sides: list[str]):
