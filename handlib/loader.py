@@ -24,6 +24,10 @@ from handlib.camera import pixels_to_normalized
 from handlib.losses import mask_targets
 from handlib.rotations import mirror_axis_angle
 
+# OpenCV's thread pool does not survive fork: a DataLoader worker forked while the parent's pool is alive can hang
+# in its first warp (seen in CI). The crops are small, so OpenCV runs on the calling thread, in every process.
+cv2.setNumThreads(0)
+
 THUMB_CMC = 1  # OpenPose index of the thumb's CMC joint
 MIRROR = np.diag([-1.0, 1.0, 1.0])
 

@@ -167,12 +167,16 @@ def test_color_jitter_equals_brightness_then_contrast_then_saturation():
     assert np.abs(expected - image).max() > 10  # the draw does change the image
 
 
-def test_crops_in_forked_workers_after_the_parent_used_opencv_threads():
-    # OpenCV's thread pool, once started in the parent, must not hang the workers the DataLoader forks
+def test_crops_in_forked_workers_after_the_parent_warped_a_large_image():
+    # an OpenCV thread pool alive in the parent can hang the workers the DataLoader forks: handlib.loader keeps
+    # OpenCV on the calling thread
+    import cv2
+
     from handlib.loader import warp
 
+    assert cv2.getNumThreads() == 1
     big = np.random.default_rng(1).integers(0, 256, (1200, 1600, 3), dtype=np.uint8)
-    warp(big, np.array([[1.0, 0, 0], [0, 1.0, 0]]), 1024)  # large enough to run on OpenCV's threads
+    warp(big, np.array([[1.0, 0, 0], [0, 1.0, 0]]), 1024)  # large enough to run on OpenCV's threads, were there any
     kp = _keypoints(np.random.default_rng(2))
     crops = HandCrops([{"image": _blob_image(kp), "keypoints": kp, "side": "right"}] * 4, 48, augment=STRONG)
     keys = [(0, i, i) for i in range(4)]
